@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make setup`, then `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-all test-cuda build-ops bench demo clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.lock
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+
+test:
+	$(BIN)/python -m pytest -q
+
+test-cuda:
+	$(BIN)/python -m pytest -q -m cuda
+
+build-ops:
+	$(BIN)/python -m stylegan2.ops build
+
+bench:
+	$(BIN)/python -m bench --preset cpu-small
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,45 @@
+"""``python train.py --config NAME [--config NAME ...] [key=value ...] [--resume PATH|auto]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from psp.cli import UsageError, report_user_errors
+from psp.config import load_config, to_yaml
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a UsageError (one line, exit 2) instead of printing usage."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(f"{message} (see --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="train.py",
+        description="Train a pSp encoder into the W+ space of a frozen StyleGAN2 generator.",
+        epilog="Example: python train.py --config demo train.max_steps=200 train.output_dir=runs/try")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML config; a bare name is looked up in configs/ (repeatable, later wins)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.batch_size=4 log.logger=tensorboard")
+    parser.add_argument("--resume", metavar="PATH|auto",
+                        help="continue from a training checkpoint; auto = <output_dir>/checkpoints/last.ckpt "
+                             "if present, else start fresh")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
+    return parser
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    config = load_config(args.config, args.overrides, purpose="train")
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
+    # Imported here so --help, --print-config and config errors answer without loading torch.
+    from psp.training import run
+
+    return run(config, resume=args.resume)

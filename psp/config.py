@@ -1,0 +1,535 @@
+"""The one typed configuration schema for training and inference, and its loader.
+
+Precedence: schema defaults <- YAML files (in order) <- ``a.b=c`` command-line overrides.
+The result is a tree of real dataclass objects (``Config``), checked field by field and across
+fields. Every user mistake becomes a :class:`ConfigError` whose message is one line naming the
+full key and the fix; the CLIs print it and exit with code 2 before building or writing anything.
+
+This is the only module that uses OmegaConf.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+CONFIG_VERSION = 1
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message is one line."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, factory: Any = None):
+    """A schema field with its help text (shown in the README reference) and allowed values."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class EncoderConfig:
+    block: str = _f("ir_se", "residual block type", ("ir", "ir_se", "basic", "bottleneck"))
+    depth: int = _f(50, "depth preset: 50/100/152 (ir, ir_se), 18/34 (basic), 50/101 (bottleneck)")
+    layers: Optional[List[int]] = _f(None, "blocks per stage, overrides depth (e.g. [1,1,1,1])")
+    widths: List[int] = _f(None, "channels of the four stages", factory=lambda: [64, 128, 256, 512])
+    attention: str = _f("none", "channel attention (ir_se implies se)", ("none", "se", "eca"))
+    stem: str = _f("conv", "input stem", ("conv", "deep", "space_to_depth"))
+    anti_alias: bool = _f(False, "BlurPool before strided convolutions")
+    act: str = _f("prelu", "activation inside blocks", ("prelu", "relu", "silu"))
+    expansion: int = _f(4, "bottleneck expansion factor")
+    se_reduction: int = _f(16, "SE reduction: the squeezed width is channels // se_reduction")
+    input_nc: int = _f(3, "input channels")
+    input_size: int = _f(256, "side of the (square) encoder input in pixels")
+    init: Optional[str] = _f(None, "ArcFace IR-SE-50 file (model_ir_se50.pth) to initialise the body")
+
+
+@dataclass
+class GeneratorConfig:
+    size: int = _f(1024, "output side of the StyleGAN2 generator (power of two)")
+    style_dim: int = _f(512, "W dimension")
+    n_mlp: int = _f(8, "mapping network depth")
+    channel_multiplier: int = _f(2, "rosinality channel multiplier (2 = config-f)")
+    channel_max: int = _f(512, "channel cap (512 = rosinality table; smaller for tiny demo models)")
+    checkpoint: Optional[str] = _f(None, "rosinality .pt file; null = randomly initialised (demo/tests)")
+    seed: int = _f(0, "seed of a randomly initialised generator (checkpoint: null)")
+
+
+@dataclass
+class WAvgConfig:
+    source: str = _f("auto", "where w_avg comes from (auto: checkpoint, else estimate)",
+                     ("auto", "checkpoint", "estimate"))
+    n_samples: int = _f(100000, "mapping-network samples used to estimate w_avg")
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    w_avg: WAvgConfig = field(default_factory=WAvgConfig)
+    n_styles: Optional[int] = _f(None, "W+ rows; null = 2*log2(generator.size)-2 (checked if set)")
+    start_from_latent_avg: bool = _f(True, "add w_avg to the encoder output (pSp default)")
+
+
+@dataclass
+class DataConfig:
+    kind: str = _f("images", "training data", ("images", "synthetic"))
+    train_dir: Optional[str] = _f(None, "folder of training source images (recursive)")
+    train_target_dir: Optional[str] = _f(None, "training targets; null = same as train_dir")
+    test_dir: Optional[str] = _f(None, "folder of validation source images")
+    test_target_dir: Optional[str] = _f(None, "validation targets; null = same as test_dir")
+    flip: bool = _f(True, "random horizontal flip for training")
+    num_workers: int = _f(4, "DataLoader worker processes per device")
+    n_train: int = _f(10000, "synthetic: training samples per epoch")
+    n_test: int = _f(64, "synthetic: held-out validation samples")
+    truncation: float = _f(1.0, "synthetic: truncation psi when sampling W")
+    seed: int = _f(0, "synthetic: seed of the held-out set")
+
+
+@dataclass
+class LossConfig:
+    l2: float = _f(1.0, "pixel L2 weight")
+    lpips: float = _f(0.8, "LPIPS weight")
+    lpips_net: str = _f("alex", "LPIPS backbone", ("alex", "vgg"))
+    lpips_weights: Optional[str] = _f(None, "local backbone weights for offline clusters")
+    id: float = _f(0.1, "identity (ArcFace) loss weight")
+    id_weights: Optional[str] = _f(None, "ArcFace IR-SE-50 file (model_ir_se50.pth)")
+    w_norm: float = _f(0.0, "W-norm regulariser weight")
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("ranger", "optimiser", ("ranger", "adam"))
+    lr: float = _f(1e-4, "learning rate")
+    weight_decay: float = _f(0.0, "weight decay")
+    grad_clip: float = _f(0.0, "gradient-norm clip; 0 = off")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/psp", "run directory (config, checkpoints, logs, psp.pt)")
+    max_steps: int = _f(500000, "optimiser steps")
+    batch_size: int = _f(8, "images per device per step")
+    test_batch_size: int = _f(8, "validation images per device per step")
+    val_every: int = _f(5000, "validate, checkpoint and export every N steps")
+    val_batches: int = _f(50, "validation batches per validation (0 = all)")
+    log_every: int = _f(50, "log training losses every N steps")
+    accelerator: str = _f("auto", "Lightning accelerator", ("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: str = _f("auto", "devices per node: auto, a count, or a list such as 0,1")
+    num_nodes: int = _f(1, "nodes (SLURM/torchrun)")
+    strategy: str = _f("auto", "distribution strategy", ("auto", "ddp", "ddp_spawn", "single_device"))
+    precision: str = _f("32", "numeric precision", ("32", "bf16-mixed", "16-mixed"))
+    seed: int = _f(0, "global seed")
+
+
+@dataclass
+class InferConfig:
+    checkpoint: str = _f("checkpoints/psp_ffhq_encode.pt", "pSp model file (official psp_*.pt or our psp.pt)")
+    batch_size: int = _f(4, "images per forward pass")
+    format: str = _f("pt", "latent file format", ("pt", "npy"))
+    num_workers: int = _f(2, "image-decoding worker processes")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = _f("fp32", "inference precision (bf16/fp16 on GPU)", ("fp32", "bf16", "fp16"))
+    save_images: bool = _f(False, "also write reconstructions")
+    side_by_side: bool = _f(False, "reconstructions as input | output pairs")
+    refine_steps: int = _f(0, "optimise W+ from the encoder's answer for N steps (0 = off)")
+    refine_lr: float = _f(0.01, "Adam learning rate of the refinement")
+    refine_l2: float = _f(1.0, "refinement L2 weight")
+    refine_lpips: float = _f(0.8, "refinement LPIPS weight")
+    align: bool = _f(False, "FFHQ-style face alignment before encoding")
+
+
+@dataclass
+class OpsConfig:
+    impl: str = _f("auto", "StyleGAN2 op implementation", ("auto", "cuda", "ref"))
+    channels_last: bool = _f(False, "run convolutions in channels_last memory format")
+
+
+@dataclass
+class LogConfig:
+    logger: str = _f("csv", "where metrics and image grids go", ("csv", "tensorboard", "wandb", "none"))
+    project: str = _f("psp", "wandb project")
+    run_name: Optional[str] = _f(None, "run name; null = derived from output_dir")
+    n_images: int = _f(4, "rows in each validation image grid")
+
+
+@dataclass
+class Config:
+    config_version: int = _f(CONFIG_VERSION, "schema version (for migrations)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema introspection
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _section_type(path: list[str]) -> type | None:
+    """The dataclass at a dotted path (``["model", "encoder"]``), or None."""
+    tp: Any = Config
+    for part in path:
+        hints = typing.get_type_hints(tp)
+        if part not in hints or not _is_dataclass_type(hints[part]):
+            return None
+        tp = hints[part]
+    return tp
+
+
+def _field_of(full_key: str) -> tuple[dataclasses.Field, Any] | None:
+    """The dataclass field and its resolved type for ``a.b.c``, or None."""
+    *parents, name = full_key.split(".")
+    section = _section_type(parents)
+    if section is None:
+        return None
+    for f in dataclasses.fields(section):
+        if f.name == name:
+            return f, typing.get_type_hints(section)[name]
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(inner[0]) + " or null"
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def iter_fields(section: type = Config, prefix: str = ""):
+    """Yield ``(full_key, type_name, default, choices, help)`` for every leaf field of the schema."""
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            yield from iter_fields(tp, key + ".")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        yield key, _type_name(tp), default, f.metadata.get("choices"), f.metadata.get("help", "")
+
+
+def markdown_reference() -> str:
+    """The README's config reference table, generated from the schema."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, tp, default, choices, help in iter_fields():
+        shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()
+        shown = shown.removesuffix("...").strip()
+        meaning = help + (" (" + " \\| ".join(choices) + ")" if choices else "")
+        rows.append(f"| `{key}` | {tp} | `{shown}` | {meaning} |")
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_config_path(name: str) -> Path:
+    """A ``--config`` argument as a file: a path from the working directory, else a name in configs/."""
+    direct = Path(name)
+    if direct.is_file():
+        return direct
+    for candidate in (CONFIGS_DIR / name, CONFIGS_DIR / f"{name}.yaml", Path("configs") / name):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
+    hint = f"; available in configs/: {', '.join(known)}" if known else ""
+    raise ConfigError(f"config file '{name}' not found (not a path from here, nor in configs/){hint}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}; fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+    return data
+
+
+def _parse_overrides(overrides: list[str]) -> Any:
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key or key != key.strip():
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.batch_size=4)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {overrides}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    """Turn an OmegaConf error into a one-line ConfigError naming the key and the fix."""
+    full_key = getattr(exc, "full_key", None) or ""
+    where = f" (in {source})" if source else ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        *parents, name = full_key.split(".") if full_key else [""]
+        section = _section_type(parents)
+        options = [f.name for f in dataclasses.fields(section)] if section else []
+        close = difflib.get_close_matches(name, options, n=1)
+        hint = f"did you mean '{'.'.join([*parents, close[0]])}'?" if close else (
+            f"valid keys here: {', '.join(options)}" if options else "check the spelling")
+        return ConfigError(f"unknown config key '{full_key}'{where}; {hint}")
+    if isinstance(exc, ValidationError):
+        found = _field_of(full_key)
+        expected = _type_name(found[1]) if found else "another type"
+        value = getattr(exc, "value", None)
+        shown = f"{value!r}" if value is not None else "the given value"
+        return ConfigError(f"config key '{full_key}'{where}: expected {expected}, got {shown}; "
+                           f"set {full_key}=<{expected}>")
+    if isinstance(exc, MissingMandatoryValue):
+        return ConfigError(f"config key '{full_key}' is required; set it with {full_key}=...")
+    return ConfigError(f"config error at '{full_key}'{where}: {_first_line(exc)}")
+
+
+def _merge(base: Any, other: Any, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, source) from None
+
+
+def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+                purpose: str = "train") -> Config:
+    """Defaults <- YAML ``files`` <- ``key=value`` ``overrides``; validated ``Config`` out.
+
+    ``purpose`` is ``"train"`` or ``"infer"``: it decides which paths must exist (data folders only
+    matter for training). Raises :class:`ConfigError` with a one-line message on any mistake.
+    """
+    cfg = OmegaConf.structured(Config)
+    for name in files:
+        path = resolve_config_path(name)
+        cfg = _merge(cfg, _read_yaml(path), str(path))
+    if overrides:
+        cfg = _merge(cfg, _parse_overrides(list(overrides)), "command line")
+    try:
+        config: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, "") from None
+    validate(config, purpose)
+    return config
+
+
+def to_dict(section: Any) -> dict:
+    """A (sub)config dataclass as plain nested dicts and lists (for checkpoints and YAML)."""
+    return dataclasses.asdict(section)
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML (``--print-config`` and the run directory's config.yaml)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def model_config_from_dict(data: dict, source: str = "checkpoint") -> ModelConfig:
+    """Re-validate a ``model`` section saved in a checkpoint (migrating older versions)."""
+    version = data.get("config_version", CONFIG_VERSION) if isinstance(data, dict) else None
+    if version is None or version > CONFIG_VERSION:
+        raise ConfigError(f"{source}: model config version {version!r} is newer than this toolkit "
+                          f"understands ({CONFIG_VERSION}); upgrade the toolkit")
+    body = {k: v for k, v in data.items() if k != "config_version"}
+    cfg = _merge(OmegaConf.structured(ModelConfig), body, source)
+    try:
+        model: ModelConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, source) from None
+    _check_model(model, check_paths=False)
+    return model
+
+
+def model_config_to_dict(model: ModelConfig) -> dict:
+    """The ``model`` section for a checkpoint, tagged with the schema version."""
+    return {"config_version": CONFIG_VERSION, **to_dict(model)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def n_styles_for(size: int) -> int:
+    """W+ rows used by a StyleGAN2 generator of side ``size``: 2*log2(size) - 2."""
+    return 2 * int(math.log2(size)) - 2
+
+
+def _check_choices(section: Any, prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        key = f"{prefix}{f.name}"
+        if _is_dataclass_type(hints[f.name]):
+            _check_choices(value, key + ".")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            allowed = ", ".join(f.metadata["choices"])
+            raise ConfigError(f"config key '{key}' has value {value!r}; allowed values: {allowed}")
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def _check_file(path: Optional[str], key: str, what: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config key '{key}': file '{path}' does not exist; {what}")
+
+
+def _check_dir(path: Optional[str], key: str) -> None:
+    if path is not None and not Path(path).is_dir():
+        raise ConfigError(f"config key '{key}': folder '{path}' does not exist; point it at a folder of images")
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _check_model(model: ModelConfig, check_paths: bool) -> None:
+    _check_choices(model, "model.")
+    gen, enc = model.generator, model.encoder
+    _require(_is_power_of_two(gen.size) and gen.size >= 8, "model.generator.size",
+             f"must be a power of two >= 8, got {gen.size}")
+    expected = n_styles_for(gen.size)
+    _require(model.n_styles is None or model.n_styles == expected, "model.n_styles",
+             f"is {model.n_styles} but a {gen.size}px generator uses {expected} W+ rows; "
+             f"set model.n_styles={expected} or null")
+    for key in ("style_dim", "n_mlp", "channel_multiplier", "channel_max"):
+        _require(getattr(gen, key) > 0, f"model.generator.{key}", "must be positive")
+    _require(enc.input_size >= 32 and enc.input_size % 16 == 0, "model.encoder.input_size",
+             f"must be a multiple of 16 and >= 32, got {enc.input_size}")
+    _require(enc.input_nc > 0, "model.encoder.input_nc", "must be positive")
+    _require(len(enc.widths) == 4 and all(w > 0 for w in enc.widths), "model.encoder.widths",
+             f"must list 4 positive stage widths, got {enc.widths}")
+    _require(enc.layers is None or (len(enc.layers) == 4 and all(n > 0 for n in enc.layers)),
+             "model.encoder.layers", f"must list 4 positive block counts or be null, got {enc.layers}")
+    _require(enc.block != "ir_se" or enc.attention in ("none", "se"), "model.encoder.attention",
+             f"is {enc.attention!r} but block ir_se already uses SE; use block=ir with attention=eca")
+    _require(model.w_avg.n_samples > 0, "model.w_avg.n_samples", "must be positive")
+    if check_paths:
+        fetch = "download it with `python -m psp.fetch NAME` or fix the path"
+        _check_file(gen.checkpoint, "model.generator.checkpoint", fetch)
+        _check_file(enc.init, "model.encoder.init", fetch)
+    _require(model.w_avg.source != "checkpoint" or gen.checkpoint is not None, "model.w_avg.source",
+             "is 'checkpoint' but model.generator.checkpoint is null; use source=estimate or set the file")
+
+
+def validate(config: Config, purpose: str = "train") -> None:
+    """Cross-field checks; raises ConfigError naming the key. ``purpose``: 'train' or 'infer'."""
+    _require(config.config_version <= CONFIG_VERSION, "config_version",
+             f"is {config.config_version}, newer than this toolkit ({CONFIG_VERSION})")
+    _check_model(config.model, check_paths=(purpose == "train"))
+    for section in ("data", "loss", "optim", "train", "infer", "ops", "log"):
+        _check_choices(getattr(config, section), section + ".")
+    t, d, loss, o, i = config.train, config.data, config.loss, config.optim, config.infer
+    for key in ("max_steps", "batch_size", "test_batch_size", "val_every", "log_every", "num_nodes"):
+        _require(getattr(t, key) > 0, f"train.{key}", f"must be positive, got {getattr(t, key)}")
+    _require(t.val_batches >= 0, "train.val_batches", "must be >= 0")
+    _require(_valid_devices(t.devices), "train.devices",
+             f"is {t.devices!r}; use auto, a count such as 2, or a list such as 0,1")
+    _require(i.batch_size > 0, "infer.batch_size", f"must be positive, got {i.batch_size}")
+    _require(i.refine_steps >= 0, "infer.refine_steps", "must be >= 0")
+    _require(i.num_workers >= 0, "infer.num_workers", "must be >= 0")
+    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)")
+    for key in ("l2", "lpips", "id", "w_norm"):
+        _require(getattr(loss, key) >= 0, f"loss.{key}", "must be >= 0 (0 disables the loss)")
+    if purpose != "train":
+        return
+    if d.kind == "images":
+        for key in ("train_dir", "test_dir"):
+            _require(getattr(d, key) is not None, f"data.{key}",
+                     "is required when data.kind=images; set it to a folder of images")
+        for key in ("train_dir", "train_target_dir", "test_dir", "test_target_dir"):
+            _check_dir(getattr(d, key), f"data.{key}")
+    else:
+        _require(d.n_train > 0 and d.n_test > 0, "data.n_train", "and data.n_test must be positive")
+    _require(loss.id == 0 or loss.id_weights is not None, "loss.id_weights",
+             "is null but loss.id > 0; set it to model_ir_se50.pth (python -m psp.fetch "
+             "model_ir_se50.pth) or set loss.id=0")
+    _check_file(loss.id_weights, "loss.id_weights", "download it with `python -m psp.fetch model_ir_se50.pth`")
+    _check_file(loss.lpips_weights, "loss.lpips_weights", "fix the path or set it to null")
+
+
+def _valid_devices(devices: str) -> bool:
+    text = devices.strip()
+    if text == "auto":
+        return True
+    parts = [p.strip() for p in text.strip("[]").split(",") if p.strip()]
+    return bool(parts) and all(p.lstrip("-").isdigit() for p in parts) and (
+        len(parts) > 1 or int(parts[0]) != 0)
+
+
+def parse_devices(devices: str) -> int | list[int] | str:
+    """``train.devices`` as Lightning wants it: ``"auto"``, a count, or a list of indices."""
+    text = devices.strip()
+    if text == "auto":
+        return "auto"
+    parts = [int(p) for p in text.strip("[]").split(",") if p.strip()]
+    return parts if ("," in text or text.startswith("[")) else parts[0]
+
+
+README_START = "<!-- config-reference:start -->"
+README_END = "<!-- config-reference:end -->"
+
+
+def update_readme(path: str | Path) -> bool:
+    """Rewrite the config reference between the README markers; True when the file changed."""
+    path = Path(path)
+    text = path.read_text()
+    head, sep, rest = text.partition(README_START)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise ConfigError(f"{path}: markers {README_START} ... {README_END} not found")
+    new = f"{head}{README_START}\n{markdown_reference()}\n{README_END}{tail}"
+    path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--update-readme"]:
+        update_readme(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+    else:
+        print(markdown_reference())

@@ -1,0 +1,146 @@
+"""The files infer.py writes: latent files, PNG images and the manifest, all crash-safe.
+
+Every file is written to a temporary name in its destination folder, flushed to disk and then
+renamed over the destination (``os.replace`` is atomic within one file system), so a killed run
+leaves either the old file or the complete new one, never a torn file. The temporary name is
+derived from the destination, so a rerun reuses (and replaces) what a killed run left behind.
+
+The manifest is append-only JSON lines; a run holds an exclusive ``flock`` on it for its lifetime
+(released by the kernel even on SIGKILL), so two runs can never write to the same ``--out``.
+"""
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from psp.images import to_image
+
+LATENT_FORMAT = "psp-latent"
+LATENT_VERSION = 1
+LATENT_SUFFIXES = (".pt", ".npy")
+
+
+class LatentFileError(ValueError):
+    """A latent file that cannot be read back; the message is one line naming the file."""
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_latent(path: Path, w_plus: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write W+ codes ``[n_styles, 512]`` as float32: ``.pt`` with ``meta``, or ``.npy`` (array only)."""
+    w_plus = w_plus.detach().to("cpu", torch.float32).contiguous()
+    if path.suffix == ".npy":
+        atomic_write(path, lambda f: np.save(f, w_plus.numpy(), allow_pickle=False))
+    else:
+        record = {"format": LATENT_FORMAT, "version": LATENT_VERSION, "w_plus": w_plus, **meta}
+        atomic_write(path, lambda f: torch.save(record, f))
+
+
+def load_latent(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read a latent file: ``(w_plus float32 [n_styles, 512], metadata)``; ``.npy`` has no metadata.
+
+    A bare tensor or an array of shape ``[n_styles, 512]`` or ``[1, n_styles, 512]`` is accepted too,
+    so latents from other tools render as well. Raises LatentFileError with the reason.
+    """
+    try:
+        if path.suffix == ".npy":
+            data: Any = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentFileError(f"{path}: not a readable latent file ({reason})") from None
+    meta: dict[str, Any] = {}
+    if isinstance(data, dict):
+        if "w_plus" not in data:
+            raise LatentFileError(f"{path}: no 'w_plus' entry; not a latent file written by infer.py")
+        meta = {k: v for k, v in data.items() if k != "w_plus"}
+        data = data["w_plus"]
+    if not isinstance(data, torch.Tensor):
+        raise LatentFileError(f"{path}: 'w_plus' is a {type(data).__name__}, expected a tensor")
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2 or not data.is_floating_point():
+        raise LatentFileError(f"{path}: expected float W+ codes [n_styles, 512], got "
+                              f"{data.dtype} {list(data.shape)}")
+    return data.float(), meta
+
+
+def save_png(path: Path, image: torch.Tensor) -> None:
+    """Write ``[3, H, W]`` in [-1, 1] as a PNG, atomically."""
+    pil = to_image(image)
+    atomic_write(path, lambda f: pil.save(f, format="PNG"))
+
+
+class Manifest:
+    """``manifest.jsonl`` under an output folder: a header line per run, then one line per input.
+
+    Lines are appended whole and flushed after each batch; a line torn by a crash is ignored by
+    :func:`read_manifest`. Construction takes the folder's lock and raises BlockingIOError when
+    another run holds it.
+    """
+
+    NAME = "manifest.jsonl"
+
+    def __init__(self, folder: Path):
+        self.path = folder / self.NAME
+        self._file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise
+        # A run killed mid-line leaves no newline at the end; start our lines on a fresh one.
+        self._file.seek(0, os.SEEK_END)
+        if self._file.tell() > 0:
+            self._file.seek(self._file.tell() - 1)
+            if self._file.read(1) != "\n":
+                self._file.write("\n")
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` (one JSON line each) and push them to disk."""
+        self._file.write("".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()  # also releases the lock
+
+    def __enter__(self) -> "Manifest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
+    """The parsed lines of a manifest, skipping lines that are not complete JSON objects."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record

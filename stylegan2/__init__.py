@@ -1,0 +1,9 @@
+"""StyleGAN2 generator (rosinality-compatible names), its ops and safe checkpoint loading.
+
+Importable without `psp`; never compiles anything at import.
+"""
+from .generator import Generator
+from .io import UnsafeCheckpointError, safe_load, sha256_file
+from .loader import load_generator
+
+__all__ = ["Generator", "UnsafeCheckpointError", "load_generator", "safe_load", "sha256_file"]

@@ -1,0 +1,79 @@
+"""Safe checkpoint reading, shared by `stylegan2` and `psp`.
+
+Every checkpoint goes through ``torch.load(weights_only=True)``: tensors and plain containers only.
+A pickle may name any Python callable, and unpickling calls it, so a file that needs anything
+else is refused rather than trusted. The one extra type allowed is ``argparse.Namespace`` (the
+``args`` entry of rosinality training checkpoints), and only for the duration of the call.
+"""
+import argparse
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Union
+
+import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# The only non-plain types a released checkpoint may hold (SPEC §7).
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file needs arbitrary code (a non-allow-listed global) to load."""
+
+
+class CheckpointFormatError(ValueError):
+    """The file is not a readable PyTorch checkpoint."""
+
+
+def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, map_location, weights_only=True)`` with ``argparse.Namespace`` allowed.
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        UnsafeCheckpointError: the file needs another global (class or function) to load.
+        CheckpointFormatError: the file is not a PyTorch checkpoint (or is truncated).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: it needs the Python object '{found.group(1)}', and a "
+                "pickle can execute code while loading; only tensors, plain containers and "
+                "argparse.Namespace are allowed (re-save the file with state dicts only)") from None
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
+                                    f"({_unpickling_reason(err)})") from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
+                                    f"({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """The informative part of torch's long weights-only error text."""
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+    return found.group(1).strip() if found else _first_line(err)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else "empty or truncated file"
+
+
+def sha256_file(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,321 @@
+"""The StyleGAN2 generator's layers, named as in rosinality/stylegan2-pytorch.
+
+Attribute names (``weight``, ``modulation``, ``blur.kernel``, ``activate.bias``, ...) are the
+checkpoint format: released ``g_ema`` state dicts load into these modules with ``strict=True``.
+
+Speed notes (CPU inference is a product target, SPEC §10):
+- `ModulatedConv2d` has two mathematically identical forms: "fused" (per-sample modulated weights,
+  one grouped convolution; the original's way) and "non-fused" (styles scale the activations, one
+  shared-weight convolution, demodulation coefficients scale the result). See `fused_modconv`.
+- When autograd is off (``torch.no_grad`` / ``torch.inference_mode``) and the tensors are on the
+  CPU, the elementwise tails (demodulation, noise, bias + leaky ReLU) run in place on the freshly
+  made convolution outputs: on CPU a fresh large tensor costs several times the arithmetic that
+  fills it. With autograd on, every step is out of place and goes through `stylegan2.ops`.
+- The blur after the upsampling convolution runs on CPU as one depthwise convolution with the
+  padding inside the call (no padded copy); elsewhere it is `upfirdn2d`. Both compute the same
+  filter (a test pins them together).
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import bias_act, setup_filter, upfirdn2d
+
+LRELU_ALPHA = 0.2
+LRELU_GAIN = math.sqrt(2)
+
+
+def _inplace_ok(x: torch.Tensor) -> bool:
+    """True when `x`, a tensor the caller has just made, may be overwritten: no autograd graph to
+    keep, and a CPU tensor (on CUDA the fused ops are one pass already)."""
+    return not torch.is_grad_enabled() and x.device.type == "cpu"
+
+
+def make_kernel(taps: Sequence[float], gain: float = 1.0) -> torch.Tensor:
+    """1-D taps ``[k]`` -> the normalised 2-D FIR filter ``outer(taps, taps) / sum**2 * gain``, ``[k, k]``."""
+    return setup_filter(list(taps), normalize=True, gain=gain)
+
+
+class PixelNorm(nn.Module):
+    """``x / sqrt(mean(x**2 over dim 1) + 1e-8)``; ``[B, C] -> [B, C]`` (any trailing dims)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with the equalised learning rate of StyleGAN.
+
+    Stored ``weight`` ``[out_dim, in_dim]`` is drawn N(0, 1 / lr_mul**2); ``bias`` ``[out_dim]``
+    starts at ``bias_init``; both are multiplied by ``lr_mul`` at run time. The layer computes
+    ``x @ (weight * lr_mul / sqrt(in_dim)).T + bias * lr_mul``; with ``activation="fused_lrelu"``
+    it is ``leaky_relu(. + bias * lr_mul, 0.2) * sqrt(2)``. ``[..., in_dim] -> [..., out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: Optional[str] = None, impl: Optional[str] = None):
+        super().__init__()
+        if activation not in (None, "fused_lrelu"):
+            raise ValueError(f"EqualLinear: activation must be None or 'fused_lrelu', got {activation!r}")
+        # Stored 1/lr_mul times larger than its effect, so the optimiser's steps shrink by lr_mul.
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.activation = activation
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias * self.lr_mul
+        if self.activation is None:
+            return F.linear(x, self.weight * self.scale, bias)
+        out = F.linear(x, self.weight * self.scale)
+        return bias_act(out, bias, dim=out.ndim - 1, act="lrelu", impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, "
+                f"activation={self.activation}")
+
+
+class Blur(nn.Module):
+    """FIR filter (upfirdn2d without up/down): ``[B, C, H, W] -> [B, C, H + p0 + p1 - k + 1, ...]``.
+
+    ``kernel`` (a persistent buffer, it is in the checkpoints) is the normalised
+    ``outer(taps, taps)`` times ``upsample_factor**2`` (the gain that keeps the mean after zero
+    insertion).
+    """
+
+    def __init__(self, taps: Sequence[float], pad: Sequence[int], upsample_factor: int = 1,
+                 impl: Optional[str] = None):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(taps, gain=upsample_factor ** 2))
+        self.pad = tuple(pad)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p0, p1 = self.pad
+        if x.device.type == "cpu" and p0 == p1:
+            # The same true convolution as upfirdn2d's reference path, as one depthwise conv that
+            # pads internally: about 3x faster on CPU than separable passes over a padded copy.
+            channels = x.shape[1]
+            weight = self.kernel.flip([0, 1]).to(x.dtype)[None, None]
+            return F.conv2d(x, weight.expand(channels, 1, -1, -1), padding=p0, groups=channels)
+        return upfirdn2d(x, self.kernel, pad=self.pad, impl=self.impl)
+
+
+class Upsample(nn.Module):
+    """2x upsampling with an FIR filter: ``[B, C, H, W] -> [B, C, 2H, 2W]``.
+
+    upfirdn2d with up 2, ``kernel`` = normalised ``outer(taps, taps) * 4`` (a persistent buffer) and
+    pads ``((k - 2 + 1) // 2 + 1, (k - 2) // 2)``, i.e. (2, 1) for 4 taps.
+    """
+
+    def __init__(self, taps: Sequence[float], factor: int = 2, impl: Optional[str] = None):
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_kernel(taps, gain=factor ** 2))
+        p = len(taps) - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad, impl=self.impl)
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2's modulated convolution, optionally upsampling by 2.
+
+    Inputs ``x [B, in_channel, H, W]`` and ``w [B, style_dim]``; output
+    ``[B, out_channel, H, W]`` (``[B, out_channel, 2H, 2W]`` with ``upsample``).
+
+    1. ``s = modulation(w)`` ``[B, in_channel]`` (EqualLinear, bias init 1).
+    2. Per sample ``w'[o, i] = weight[o, i] / sqrt(in_channel * k * k) * s[i]``.
+    3. With ``demodulate``: ``w'[o] *= rsqrt(sum(w'[o]**2) + 1e-8)``.
+    4. Convolve with padding ``k // 2``; with ``upsample`` instead a stride-2 transposed convolution
+       (zero insertion and the spatially flipped kernel) followed by the blur kernel
+       ``outer(taps) / sum**2 * 4`` with padding (1, 1) (for 4 taps and k = 3).
+
+    ``fused_modconv``: True computes step 2 per sample and one grouped convolution (the original
+    code's way); False scales ``x`` by ``s``, runs one shared-weight convolution and scales the
+    result by the demodulation coefficients (identical maths, much faster for batches on CPU);
+    None (default) picks fused for batch 1 and non-fused otherwise (fastest on CPU in our
+    measurements, see docs/readme/generator.md).
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), fused_modconv: Optional[bool] = None,
+                 impl: Optional[str] = None):
+        super().__init__()
+        self.in_channel = in_channel
+        self.out_channel = out_channel
+        self.kernel_size = kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
+        self.fused_modconv = fused_modconv
+        self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1, impl=impl)
+        if upsample:
+            # Pads that make "transposed conv (size 2H + k - 2) then blur" come out at exactly 2H.
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1),
+                             upsample_factor=factor, impl=impl)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, "
+                f"upsample={self.upsample}, demodulate={self.demodulate}, "
+                f"fused_modconv={self.fused_modconv}")
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        if x.ndim != 4 or x.shape[1] != self.in_channel:
+            raise ValueError(f"ModulatedConv2d: x must be [B, {self.in_channel}, H, W], "
+                             f"got {tuple(x.shape)}")
+        if w.ndim != 2 or w.shape[0] != batch:
+            raise ValueError(f"ModulatedConv2d: w must be [{batch}, style_dim], got {tuple(w.shape)}")
+        styles = self.modulation(w)  # [B, in]
+        fused = self.fused_modconv
+        if fused is None:
+            fused = batch == 1
+        if fused:
+            return self._forward_fused(x, styles)
+        return self._forward_nonfused(x, styles)
+
+    def _forward_fused(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        weight = self.weight * self.scale * styles[:, None, :, None, None]  # [B, out, in, k, k]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=[2, 3, 4]) + 1e-8)[..., None, None, None]
+        k = self.kernel_size
+        x = x.reshape(1, batch * self.in_channel, height, width)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(batch * self.in_channel, self.out_channel, k, k)
+            out = F.conv_transpose2d(x, weight, stride=2, groups=batch)
+            out = self.blur(out.reshape(batch, self.out_channel, *out.shape[2:]))
+        else:
+            weight = weight.reshape(batch * self.out_channel, self.in_channel, k, k)
+            out = F.conv2d(x, weight, padding=self.padding, groups=batch)
+            out = out.reshape(batch, self.out_channel, *out.shape[2:])
+        return out
+
+    def _forward_nonfused(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        weight = self.weight[0] * self.scale  # [out, in, k, k]
+        x = x * styles[:, :, None, None]
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # sum_{i,kh,kw} (weight[o,i] * s[i])**2 = sum_i s[i]**2 * sum_{kh,kw} weight[o,i]**2
+            dcoefs = torch.rsqrt(styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8)
+            dcoefs = dcoefs[:, :, None, None]
+            out = out.mul_(dcoefs) if _inplace_ok(out) else out * dcoefs
+        return out
+
+
+class NoiseInjection(nn.Module):
+    """``x + weight * noise``: one scalar ``weight`` ``[1]`` per layer, noise ``[B or 1, 1, H, W]``
+    (drawn N(0, 1) per sample when None). ``[B, C, H, W] -> [B, C, H, W]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                inplace: bool = False) -> torch.Tensor:
+        """``inplace``: overwrite ``x`` (only for a tensor the caller owns and autograd does not need)."""
+        if noise is None:
+            batch, _, height, width = x.shape
+            noise = x.new_empty(batch, 1, height, width).normal_()
+        if inplace:
+            return x.addcmul_(noise.to(x.dtype), self.weight.to(x.dtype))
+        return x + self.weight * noise
+
+
+class FusedLeakyReLU(nn.Module):
+    """``leaky_relu(x + bias, 0.2) * sqrt(2)`` with ``bias`` ``[channels]`` along dim 1."""
+
+    def __init__(self, channels: int, impl: Optional[str] = None):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``inplace``: overwrite ``x`` (only for a tensor the caller owns and autograd does not need)."""
+        if inplace:
+            # bias_act's reference steps, in place.
+            x = x.add_(self.bias.to(x.dtype)[None, :, None, None])
+            return F.leaky_relu_(x, LRELU_ALPHA).mul_(LRELU_GAIN)
+        return bias_act(x, self.bias, act="lrelu", impl=self.impl)
+
+
+class ConstantInput(nn.Module):
+    """The learned constant ``input`` ``[1, channel, size, size]``, repeated to the batch."""
+
+    def __init__(self, channel: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> ``+ noise.weight * noise`` -> ``leaky_relu(. + activate.bias) * sqrt(2)``.
+
+    ``x [B, in, H, W]``, ``w [B, style_dim]`` -> ``[B, out, H, W]`` (``2H, 2W`` with ``upsample``).
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
+                 demodulate: bool = True, fused_modconv: Optional[bool] = None,
+                 impl: Optional[str] = None):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
+                                    demodulate=demodulate, upsample=upsample,
+                                    blur_kernel=blur_kernel, fused_modconv=fused_modconv, impl=impl)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel, impl=impl)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.conv(x, w)
+        inplace = _inplace_ok(out)
+        out = self.noise(out, noise=noise, inplace=inplace)
+        return self.activate(out, inplace=inplace)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv (no demodulation) to RGB, ``+ bias`` ``[1, 3, 1, 1]``, plus the upsampled
+    skip image from the previous resolution.
+
+    ``x [B, in, H, W]``, ``w [B, style_dim]``, ``skip [B, 3, H/2, W/2]`` or None -> ``[B, 3, H, W]``.
+    """
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), fused_modconv: Optional[bool] = None,
+                 impl: Optional[str] = None):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel, impl=impl)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False,
+                                    fused_modconv=fused_modconv, impl=impl)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor,
+                skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.conv(x, w)
+        inplace = _inplace_ok(out)
+        out = out.add_(self.bias) if inplace else out + self.bias
+        if skip is not None:
+            if not hasattr(self, "upsample"):
+                raise ValueError("ToRGB: this layer was built with upsample=False and takes no skip")
+            skip = self.upsample(skip)
+            out = out.add_(skip) if inplace else out + skip
+        return out
