@@ -67,8 +67,7 @@ def detect_faces(img: Image.Image) -> list[Face]:
     if scale < 1.0:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(size, Image.BILINEAR, reducing_gap=2.0)
-    with torch.inference_mode(False), torch.no_grad():
-        boxes, scores, points = face_detector().detect(rgb, landmarks=True)
+    boxes, scores, points = face_detector().detect(rgb, landmarks=True)  # runs under no_grad itself
     if boxes is None:
         return []
 

@@ -1,8 +1,7 @@
 """Callbacks that keep the run directory up to date; each writes on global rank zero only.
 
 Layout they produce under ``train.output_dir``: ``config.yaml``, ``metrics.jsonl``,
-``images/step_XXXXXX.png``, ``psp.pt``; :class:`SaveOnSigterm` writes ``checkpoints/last.ckpt``
-when the job is pre-empted.
+``images/step_XXXXXX.png``, ``psp.pt``, ``checkpoints/last.ckpt``.
 """
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as L
 import torch
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid, save_image
@@ -91,8 +91,7 @@ class ImageGrid(L.Callback):
 
 class InferenceExport(L.Callback):
     """Refresh ``psp.pt`` (the inference file read by ``PSP.from_checkpoint``) after each validation
-    and at the end of training. Written to a temporary name and renamed, so a reader never sees a
-    half-written file."""
+    and at the end of training. ``PSP.save`` writes atomically, so a reader never sees half a file."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -101,9 +100,7 @@ class InferenceExport(L.Callback):
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or self._exported_step == trainer.global_step:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        pl_module.model.save(tmp, embed_generator=True)
-        os.replace(tmp, self.path)
+        pl_module.model.save(self.path, embed_generator=True)
         self._exported_step = trainer.global_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,17 +110,32 @@ class InferenceExport(L.Callback):
         self._export(trainer, pl_module)
 
 
-class SaveOnSigterm(L.Callback):
-    """On SIGTERM (pre-emption, ``scancel``, a cluster's time limit) save a resumable checkpoint.
+class ResumeCheckpoint(Checkpoint):
+    """Keep ``checkpoints/last.ckpt`` current: after each validation, at the end of training, and
+    when the job gets SIGTERM (pre-emption, ``scancel``, a cluster's time limit).
 
     Lightning's own SIGTERM handler marks the trainer and ends the loop after the current batch
-    with :class:`SIGTERMException` (on every rank under DDP); this saves the state at that step,
-    so ``--resume`` loses nothing.
+    with :class:`SIGTERMException` (on every rank under DDP); saving then means ``--resume`` loses
+    nothing. (ModelCheckpoint's ``save_last`` is not used: it skips "last" whenever the monitored
+    metric did not improve.) As a :class:`Checkpoint`, Lightning runs this after the best-model
+    ModelCheckpoint listed before it, so the saved state includes that validation's best score.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._saved_step: int | None = None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if self._saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path)  # every rank calls; rank zero writes
+            self._saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path)
+            self._save(trainer)

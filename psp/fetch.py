@@ -21,16 +21,15 @@ Exit codes: 0 ok, 1 a download or verification failed, 2 usage error (e.g. an un
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html.parser
 import http.client
 import http.cookiejar
 import json
 import os
-import pickle
 import re
 import shlex
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,7 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from tqdm import tqdm
+
+from stylegan2.io import safe_load, sha256_file
 
 MANIFEST_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "manifest.json"
 WEIGHTS_DIR_ENV = "PSP_WEIGHTS_DIR"  # the Docker image sets it to /checkpoints
@@ -162,31 +164,8 @@ def _is_plain_name(name: object) -> bool:
 # Verification
 
 
-def sha256_file(path: os.PathLike | str) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _safe_load(path: Path):
-    """Load a checkpoint without running pickled code (stylegan2.io.safe_load, which allow-lists the
-    plain types the official files hold; until that module exists, torch.load(weights_only=True))."""
-    try:
-        from stylegan2.io import safe_load
-    except ImportError:
-        import torch
-
-        return torch.load(path, map_location="cpu", weights_only=True)
-    return safe_load(path, map_location="cpu")
-
-
 def _structure_problems(obj, keys: Sequence[str], tensors: Mapping[str, list]) -> list[str]:
     """What in `obj` contradicts the expected top-level `keys` and tensor shapes (empty: all match)."""
-    import torch
-
     if (keys or tensors) and not isinstance(obj, Mapping):
         return [f"the file holds a {type(obj).__name__}, expected a dict"]
     problems = [f"top-level key '{key}' is missing" for key in keys if key not in obj]
@@ -220,8 +199,8 @@ def verify(path: os.PathLike | str, entry: WeightsEntry) -> None:
         if digest != entry.sha256:
             raise VerificationError(f"sha256 {digest} does not match the manifest's {entry.sha256}")
     try:
-        obj = _safe_load(path)
-    except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        obj = safe_load(path, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - damaged files raise more than ValueError; all mean unusable
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise VerificationError(f"cannot be loaded safely ({first_line})") from err
     problems = _structure_problems(obj, entry.keys, entry.tensors)
@@ -323,7 +302,7 @@ def _open(opener, url: str, start: int, timeout: float, name: str, dest_dir: Pat
 
 def _transfer(opener, url: str, part: Path, name: str, progress: bool, timeout: float) -> None:
     """One attempt: append the missing bytes to `part` (or restart it if the server ignores Range)."""
-    start = part.stat().st_size if part.exists() else 0
+    start = _size(part)
     try:
         response = _open(opener, url, start, timeout, name, part.parent)
     except _RangeNotSatisfiable:
@@ -363,15 +342,23 @@ def download(url: str, part: Path, name: str, progress: bool = True, retries: in
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     url = drive_download_url(url)
     attempts = max(retries, 0) + 1
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        before = _size(part)
         try:
             _transfer(opener, url, part, name, progress, timeout)
             return
         except _Interrupted as err:
             reason = str(err)
-    have = part.stat().st_size if part.exists() else 0
-    raise DownloadError(f"download of {name} from {url} failed after {attempts} attempt(s) ({reason}); "
-                        f"{have} bytes kept in {part}: run the same command again to resume")
+        if attempt + 1 < attempts and _size(part) == before:
+            time.sleep(2 ** attempt)  # no progress at all: back off before the next try
+    have = _size(part)
+    then = f"{have} bytes kept in {part}: run the same command again to resume" if have else \
+        "run the same command again to retry"
+    raise DownloadError(f"download of {name} from {url} failed after {attempts} attempt(s) ({reason}); {then}")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def fetch(name: str, dir: Optional[os.PathLike | str] = None, url: Optional[str] = None, *,
@@ -508,6 +495,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UnknownWeightsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `list | head`: the reader has all it wants
+        return 0
     except (WeightsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,8 +41,11 @@ from psp.outputs import Manifest, read_manifest, save_latent, save_png
 # A photo whose shorter side is below this is too small to say anything about a face.
 MIN_IMAGE_SIDE = 32
 
+# Threads writing latents and PNGs (file I/O, fsync and PNG encoding release the GIL).
+WRITER_THREADS = 4
+
 LIST_SUFFIXES = (".txt", ".lst")
-IMAGES = f"images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+IMAGES = ("images", tuple(sorted(IMAGE_EXTENSIONS)))
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,11 @@ def read_list_file(path: Path) -> list[Path]:
 
 
 def collect_jobs(specs: Sequence[str], list_folder: Callable[[Path], list[Path]] = list_images,
-                 what: str = IMAGES) -> tuple[list[Job], list[Path]]:
+                 what: tuple[str, Sequence[str]] = IMAGES) -> tuple[list[Job], list[Path]]:
     """Expand command-line inputs into jobs, and return the folders among them too.
 
     ``specs``: files, folders (every file ``list_folder`` finds, recursively) and ``@LIST`` text
-    files (:func:`read_list_file`). The same file named twice is inverted once. Raises UsageError
+    files (:func:`read_list_file`); ``what``: (name, suffixes) of the files ``list_folder`` finds. The same file named twice is inverted once. Raises UsageError
     for a path that does not exist, a ``.txt`` given without ``@``, or no input file at all.
     """
     files: list[Path] = []
@@ -124,7 +128,7 @@ def collect_jobs(specs: Sequence[str], list_folder: Callable[[Path], list[Path]]
         else:
             raise UsageError(f"input '{spec}' does not exist")
     if not files:
-        raise UsageError(f"no {what} found in {', '.join(specs)}")
+        raise UsageError(f"no {what[0]} found in {', '.join(specs)} (looked for {', '.join(what[1])})")
     return plan_jobs(files, roots), folders
 
 
@@ -242,15 +246,18 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextMa
 def load_model(path: Path, device: torch.device) -> PSP:
     """``PSP.from_checkpoint`` in eval mode, with a missing or foreign file as a UsageError."""
     if not path.is_file():
-        raise UsageError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH "
-                         "(see checkpoints/README.md for the released pSp models)")
+        raise UsageError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH (the released "
+                         "FFHQ model: python -m psp.fetch psp_ffhq_encode.pt)")
     try:
         model = PSP.from_checkpoint(path, device=device)
     except ConfigError:
         raise
+    except OSError as exc:
+        raise UsageError(f"checkpoint '{path}' cannot be read ({exc.strerror or exc})") from None
     except (ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"checkpoint '{path}' is not a pSp model file ({reason})") from None
+        where = "" if str(path) in reason else f"{path}: "
+        raise UsageError(f"--checkpoint is not a usable pSp model file: {where}{reason}") from None
     return model.eval()
 
 
@@ -323,10 +330,30 @@ class Inversion:
     checkpoint: Path
     checkpoint_sha256: str
     quiet: bool = False
+    lpips_net: str = "alex"                # refinement's LPIPS (config loss.lpips_net)
+    lpips_weights: Optional[str] = None    # its backbone file for offline machines (loss.lpips_weights)
 
     def __post_init__(self) -> None:
         self.autocast = autocast_for(self.device, self.cfg.precision)
         self.save_images = self.cfg.save_images or self.cfg.side_by_side
+        self.lpips: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+
+    def prepare(self) -> None:
+        """Build what ``align`` and ``refine_steps`` need now, so a missing piece is a UsageError
+        before anything is written rather than a failure on every image."""
+        try:
+            if self.cfg.align:
+                from psp.align import face_detector
+                face_detector()
+            if self.cfg.refine_steps > 0 and self.cfg.refine_lpips > 0:
+                from psp.losses import LPIPSLoss, LPIPSWeightsError
+                try:
+                    self.lpips = LPIPSLoss(self.lpips_net, self.lpips_weights).to(self.device)
+                except LPIPSWeightsError as exc:
+                    raise UsageError(f"--refine-steps: {exc}") from None
+        except ImportError as exc:
+            feature = "--align" if self.cfg.align else "--refine-steps"
+            raise UsageError(f"{feature} is unavailable here: {exc}") from None
 
     def output_paths(self, job: Job) -> tuple[str, Optional[str]]:
         """The latent file and the PNG (or None) of a job, relative to ``out``."""
@@ -338,58 +365,79 @@ class Inversion:
                 and (image is None or (self.out / image).is_file()))
 
     def run(self, jobs: list[Job], done: set[str]) -> Summary:
-        """Invert every job not in ``done`` (from :func:`finished_outputs`), recording each in the manifest."""
+        """Invert every job not in ``done`` (from :func:`finished_outputs`), recording each in the manifest.
+
+        Files are written by a few threads while the model works on the next batch; a batch's
+        manifest lines are appended once all its files are in place.
+        """
         start = time.perf_counter()
         finished = [self.is_finished(job, done) for job in jobs]
         pending = [job for job, skip in zip(jobs, finished) if not skip]
         summary = Summary(skipped=len(jobs) - len(pending))
+        # Start the decoding workers first: forked after the manifest is open, they would share
+        # its lock and could keep it after this process is killed, blocking --resume.
+        batches = iter(stream_images([job.source for job in pending], self.model.input_size, self.cfg,
+                                     pin_memory=self.device.type == "cuda"))
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             manifest = Manifest(self.out)
         except BlockingIOError:
             raise UsageError(f"another infer.py run is writing to '{self.out}'; wait for it or choose "
                              "another --out") from None
-        with manifest:
+        with manifest, ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="infer-write") as writer, \
+                progress_bar(len(pending), "inverting", self.quiet) as bar:
             manifest.write([self._header(len(jobs))] + [
                 self._record(job, "skipped") for job, skip in zip(jobs, finished) if skip])
-            loader = stream_images([job.source for job in pending], self.model.input_size, self.cfg,
-                                   pin_memory=self.device.type == "cuda")
-            with progress_bar(len(pending), "inverting", self.quiet) as bar:
-                for batch in loader:
-                    records = self._process(batch, pending, bar)
-                    manifest.write(records)
-                    summary.ok += sum(r["status"] == "ok" for r in records)
-                    summary.failed += sum(r["status"] == "failed" for r in records)
-                    bar.update(len(records))
+
+            def commit(writes: list[Future], records: list[dict[str, Any]]) -> None:
+                for write in writes:
+                    write.result()  # re-raises a failed write (disk full, ...)
+                manifest.write(records)
+                summary.ok += sum(r["status"] == "ok" for r in records)
+                summary.failed += sum(r["status"] == "failed" for r in records)
+                bar.update(len(records))
+
+            previous = None
+            for batch in batches:
+                current = self._submit(batch, pending, writer, bar)
+                if previous is not None:
+                    commit(*previous)
+                previous = current
+            if previous is not None:
+                commit(*previous)
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _process(self, batch: _Batch, jobs: list[Job], bar: tqdm) -> list[dict[str, Any]]:
-        """Encode, write and describe one batch; manifest records in job order."""
+    def _submit(self, batch: _Batch, jobs: list[Job], writer: ThreadPoolExecutor,
+                bar: tqdm) -> tuple[list[Future], list[dict[str, Any]]]:
+        """Encode one batch and queue its files: (pending writes, manifest records in job order)."""
         records: dict[int, dict[str, Any]] = {}
+        writes: list[Future] = []
         if batch.images is not None:
             x = batch.images.to(self.device, non_blocking=True)
             codes = self.encode(x)
             previews = self.previews(x, codes) if self.save_images else None
             for k, i in enumerate(batch.indices):
                 latent, image = self.output_paths(jobs[i])
-                save_latent(self.out / latent, codes[k], self._latent_meta(jobs[i]))
+                writes.append(writer.submit(save_latent, self.out / latent, codes[k], self._latent_meta(jobs[i])))
                 if previews is not None:
-                    save_png(self.out / image, previews[k])
+                    writes.append(writer.submit(save_png, self.out / image, previews[k]))
                 records[i] = self._record(jobs[i], "ok")
         for i, reason in batch.failures:
             bar.write(f"failed: {jobs[i].source}: {reason}", file=sys.stderr)
             records[i] = self._record(jobs[i], "failed", reason)
-        return [records[i] for i in sorted(records)]
+        return writes, [records[i] for i in sorted(records)]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B,3,S,S] in [-1,1] on the device -> W+ codes [B,n_styles,512] float32 on the CPU."""
         with torch.inference_mode(), self.autocast():
             codes = self.model.encode(x)
         if self.cfg.refine_steps > 0:
-            from psp.refine import refine_codes  # only --refine-steps needs the optimiser and LPIPS
-            # Refinement needs autograd: leave inference mode with ordinary (cloned) tensors.
-            codes = refine_codes(self.model, x, codes.float().clone(), self.cfg).detach()
+            from psp.refine import refine_codes  # only --refine-steps needs the optimiser
+            # In fp32 and outside inference mode: refine_codes runs autograd on its own clones.
+            codes = refine_codes(self.model, x, codes.float(), self.cfg.refine_steps, lr=self.cfg.refine_lr,
+                                 l2_weight=self.cfg.refine_l2, lpips_weight=self.cfg.refine_lpips,
+                                 lpips=self.lpips)
         return codes.float().cpu()
 
     def previews(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ import fcntl
 import io
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from psp.images import to_image
+from stylegan2.io import CheckpointFormatError, UnsafeCheckpointError, safe_load
 
 LATENT_FORMAT = "psp-latent"
 LATENT_VERSION = 1
@@ -49,7 +49,8 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
 
 def save_latent(path: Path, w_plus: torch.Tensor, meta: dict[str, Any]) -> None:
     """Write W+ codes ``[n_styles, 512]`` as float32: ``.pt`` with ``meta``, or ``.npy`` (array only)."""
-    w_plus = w_plus.detach().to("cpu", torch.float32).contiguous()
+    # clone: a row of a batch is a view, and torch.save would store the whole batch's storage.
+    w_plus = w_plus.detach().to("cpu", torch.float32).clone(memory_format=torch.contiguous_format)
     if path.suffix == ".npy":
         atomic_write(path, lambda f: np.save(f, w_plus.numpy(), allow_pickle=False))
     else:
@@ -67,8 +68,12 @@ def load_latent(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
         if path.suffix == ".npy":
             data: Any = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            data = safe_load(path, map_location="cpu")
+    except FileNotFoundError:
+        raise LatentFileError(f"{path}: file not found") from None
+    except (UnsafeCheckpointError, CheckpointFormatError) as exc:
+        raise LatentFileError(str(exc)) from None  # already "<path>: <reason>"
+    except (OSError, ValueError, EOFError) as exc:  # np.load: not an .npy file, or a pickled one
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LatentFileError(f"{path}: not a readable latent file ({reason})") from None
     meta: dict[str, Any] = {}
@@ -98,7 +103,7 @@ class Manifest:
 
     Lines are appended whole and flushed after each batch; a line torn by a crash is ignored by
     :func:`read_manifest`. Construction takes the folder's lock and raises BlockingIOError when
-    another run holds it.
+    another run holds it. Child processes forked while it is open share the lock: fork them first.
     """
 
     NAME = "manifest.jsonl"

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from psp.losses import LPIPSLoss
+
 # Weight of the noise autocorrelation penalty (the StyleGAN2 projector's value).
 NOISE_REGULARIZE = 1e5
 
@@ -72,9 +74,10 @@ def refine(model, images: Tensor, codes: Tensor, steps: int, lr: float = 0.01,
         steps: Adam updates (0 returns the starting codes with their loss).
         lr: Adam learning rate.
         l2_weight, lpips_weight: weights of the pixel MSE and of LPIPS (0 turns a term off).
-        lpips: ``(y_hat, y) -> distance`` on [-1, 1] images, per image ([B] or [B, 1, 1, 1]) or
-            batch-averaged (then scored one image at a time); None builds ``psp.losses.LPIPSLoss()``
-            when ``lpips_weight > 0``.
+        lpips: a ``psp.losses.LPIPSLoss``, or any ``(y_hat, y) -> distance`` on [-1, 1] images
+            giving one value per image ([B] or [B, 1, 1, 1]) or a batch mean (then each image is
+            scored on its own); None builds ``LPIPSLoss()`` (pretrained AlexNet) when
+            ``lpips_weight > 0``.
         optimize_noise: also optimise the noise maps (see the module docstring).
 
     Images do not interact: each one's codes follow its own loss (the batch loss is a sum), so a
@@ -82,9 +85,9 @@ def refine(model, images: Tensor, codes: Tensor, steps: int, lr: float = 0.01,
     """
     _check_inputs(images, codes, steps)
     if lpips is None and lpips_weight > 0:
-        from psp.losses import LPIPSLoss  # deferred: builds a network, only needed here
         lpips = LPIPSLoss().to(images.device)
     generator = model.generator
+    size = tuple(images.shape[-2:])
     with torch.inference_mode(False), torch.enable_grad():
         # Clones: tensors made under inference mode cannot join a graph; the caller's stay untouched.
         target = images.detach().clone()
@@ -100,9 +103,8 @@ def refine(model, images: Tensor, codes: Tensor, steps: int, lr: float = 0.01,
         for step in range(steps + 1):
             # The last pass only scores the final update: no graph needed.
             with torch.set_grad_enabled(step < steps):
-                image, _ = generator([codes], input_is_latent=True, randomize_noise=False, noise=noise)
-                loss = _objective(_resize_to(image, target.shape[-2:]), target, l2_weight,
-                                  lpips_weight, lpips)
+                image = reconstruct(generator, codes, size, noise)
+                loss = _objective(image, target, l2_weight, lpips_weight, lpips)
             history.append(loss.detach())
             better = loss.detach() < best_loss
             best_loss = torch.where(better, loss.detach(), best_loss)
@@ -124,6 +126,22 @@ def refine(model, images: Tensor, codes: Tensor, steps: int, lr: float = 0.01,
     return Refinement(codes=best_codes, noise=best_noise, loss=best_loss, history=torch.stack(history))
 
 
+def reconstruct(generator, codes: Tensor, size: tuple[int, int],
+                noise: Optional[list[Tensor]] = None) -> Tensor:
+    """``generator``'s image of W+ ``codes`` [B, n_styles, style_dim] at ``size`` (H, W) -> [B, 3, H, W].
+
+    Deterministic noise (the stored buffers) unless ``noise`` maps are given. Resized as the
+    objective compares: average pooling when the generator draws larger (``PSP.decode``'s pooling
+    to 256), bilinear when it draws smaller.
+    """
+    image, _ = generator([codes], input_is_latent=True, randomize_noise=False, noise=noise)
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    if image.shape[-2] >= size[0] and image.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(image, tuple(size))
+    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def _check_inputs(images: Tensor, codes: Tensor, steps: int) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"refine: images must be [B, 3, H, W], got {list(images.shape)}")
@@ -132,15 +150,6 @@ def _check_inputs(images: Tensor, codes: Tensor, steps: int) -> None:
                          f"(the number of images), got {list(codes.shape)}")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"refine: steps must be an integer >= 0, got {steps!r}")
-
-
-def _resize_to(image: Tensor, size: torch.Size) -> Tensor:
-    """Generator output [B, C, h, w] to the target's (H, W): area average down, bilinear up."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    if image.shape[-2] >= size[0] and image.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(image, tuple(size))
-    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _objective(y_hat: Tensor, y: Tensor, l2_weight: float, lpips_weight: float,
@@ -153,6 +162,8 @@ def _objective(y_hat: Tensor, y: Tensor, l2_weight: float, lpips_weight: float,
 
 
 def _lpips_per_image(lpips: Callable[[Tensor, Tensor], Tensor], y_hat: Tensor, y: Tensor) -> Tensor:
+    if isinstance(lpips, LPIPSLoss):
+        return lpips(y_hat, y, reduction="none")
     batch = y.shape[0]
     distance = lpips(y_hat, y)
     if distance.numel() == batch:

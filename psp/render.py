@@ -21,7 +21,7 @@ from psp.inversion import Job, Summary, autocast_for, progress_bar
 from psp.model import PSP
 from psp.outputs import LATENT_SUFFIXES, LatentFileError, load_latent, save_png
 
-LATENTS = f"latent files ({', '.join(LATENT_SUFFIXES)})"
+LATENTS = ("latent files", LATENT_SUFFIXES)
 
 
 def list_latents(root: Path) -> list[Path]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as L
@@ -22,7 +24,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from psp.callbacks import ImageGrid, InferenceExport, MetricsJournal, RunDirectory, SaveOnSigterm
+from psp.callbacks import ImageGrid, InferenceExport, MetricsJournal, ResumeCheckpoint, RunDirectory
 from psp.cli import UsageError
 from psp.config import Config, parse_devices, to_yaml
 from psp.data import PSPDataModule
@@ -100,10 +102,8 @@ def build_logger(config: Config, resuming: bool) -> Logger | bool:
         os.environ["WANDB_MODE"] = "offline"
         print(f"note: WANDB_API_KEY is not set; wandb logs offline to {out / 'wandb'} "
               f"(upload later with `wandb sync`)", file=sys.stderr)
-    import wandb
-
     id_file = out / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if resuming and id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if resuming and id_file.is_file() else uuid.uuid4().hex[:8]
     return WandbLogger(project=config.log.project, name=config.log.run_name or out.name,
                        save_dir=str(out), id=run_id, resume="allow")
 
@@ -119,9 +119,9 @@ def build_callbacks(config: Config, logger: Logger | bool) -> list[L.Callback]:
         MetricsJournal(out / "metrics.jsonl"),
         ImageGrid(out / "images"),
         InferenceExport(out / "psp.pt"),
-        SaveOnSigterm(ckpt_dir / LAST_CHECKPOINT),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                        save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+                        auto_insert_metric_name=False, enable_version_counter=False),
+        ResumeCheckpoint(ckpt_dir / LAST_CHECKPOINT),  # after ModelCheckpoint: saves its updated state
         # One bar update per step floods batch-job logs; there, update once per log interval.
         TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else config.train.log_every),
     ]
@@ -158,8 +158,10 @@ def run(config: Config, resume: str | None = None) -> int:
     L.seed_everything(config.train.seed, workers=True)
     system = PSPSystem(config)
     data = PSPDataModule(config.data, config.train, config.model.encoder.input_size,
-                         generator=system.model.generator)
+                         generator=system.model.generator, w_avg=system.model.w_avg)
     trainer = build_trainer(config, resuming=ckpt_path is not None)
+    # The generator and loss nets are in eval mode on purpose (see PSPSystem.train).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     try:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:

@@ -100,13 +100,13 @@ class Generator(nn.Module):
             if hasattr(module, "fused_modconv") and module is not self:
                 module.fused_modconv = value
 
-    @property
-    def device(self) -> torch.device:
-        return self.input.input.device
+    def _factory(self) -> dict:
+        """Device and dtype of the model's parameters, for tensors made here."""
+        return dict(device=self.input.input.device, dtype=self.input.input.dtype)
 
     def make_noise(self) -> List[torch.Tensor]:
         """Fresh noise maps ``[1, 1, s, s]`` for the `num_layers` noise inputs."""
-        return [torch.randn(1, 1, noise_side(i), noise_side(i), device=self.device)
+        return [torch.randn(1, 1, noise_side(i), noise_side(i), **self._factory())
                 for i in range(self.num_layers)]
 
     def get_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ class Generator(nn.Module):
 
     def mean_latent(self, n_latent: int) -> torch.Tensor:
         """Average w of ``n_latent`` random z: ``[1, style_dim]`` (the truncation centre)."""
-        z = torch.randn(n_latent, self.style_dim, device=self.device)
+        z = torch.randn(n_latent, self.style_dim, **self._factory())
         return self.style(z).mean(0, keepdim=True)
 
     def forward(self, styles: Sequence[torch.Tensor], return_latents: bool = False,

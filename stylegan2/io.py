@@ -10,6 +10,7 @@ import hashlib
 import os
 import pickle
 import re
+import struct
 import zipfile
 from typing import Any, Union
 
@@ -54,7 +55,8 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
                 "argparse.Namespace are allowed (re-save the file with state dicts only)") from None
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
                                     f"({_unpickling_reason(err)})") from None
-    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, struct.error,
+            zipfile.BadZipFile) as err:
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
                                     f"({type(err).__name__}: {_first_line(err)})") from None
 

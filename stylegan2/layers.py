@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import bias_act, setup_filter, upfirdn2d
+from .ops import bias_act, upfirdn2d
 
 LRELU_ALPHA = 0.2
 LRELU_GAIN = math.sqrt(2)
@@ -35,8 +35,13 @@ def _inplace_ok(x: torch.Tensor) -> bool:
 
 
 def make_kernel(taps: Sequence[float], gain: float = 1.0) -> torch.Tensor:
-    """1-D taps ``[k]`` -> the normalised 2-D FIR filter ``outer(taps, taps) / sum**2 * gain``, ``[k, k]``."""
-    return setup_filter(list(taps), normalize=True, gain=gain)
+    """1-D taps ``[k]`` -> the normalised 2-D FIR filter ``outer(taps, taps) / sum**2 * gain``, ``[k, k]``.
+
+    Always computed on the CPU (values, not shapes, even when a model is built on the meta device).
+    """
+    k = torch.tensor(list(taps), dtype=torch.float32, device="cpu")
+    k = torch.outer(k, k)
+    return k / k.sum() * gain
 
 
 class PixelNorm(nn.Module):
@@ -138,11 +143,12 @@ class ModulatedConv2d(nn.Module):
        (zero insertion and the spatially flipped kernel) followed by the blur kernel
        ``outer(taps) / sum**2 * 4`` with padding (1, 1) (for 4 taps and k = 3).
 
-    ``fused_modconv``: True computes step 2 per sample and one grouped convolution (the original
-    code's way); False scales ``x`` by ``s``, runs one shared-weight convolution and scales the
-    result by the demodulation coefficients (identical maths, much faster for batches on CPU);
-    None (default) picks fused for batch 1 and non-fused otherwise (fastest on CPU in our
-    measurements, see docs/readme/generator.md).
+    ``fused_modconv``: True computes steps 2-3 per sample and runs one grouped convolution (the
+    original code's way); False scales ``x`` by ``s``, runs one shared-weight convolution and scales
+    the result by the demodulation coefficients (identical maths, much faster for batches on CPU);
+    None (default) picks per call: 1x1 kernels as one batched matmul with per-sample weights;
+    otherwise non-fused, except at batch 1 when the weight is smaller than the input (a grouped
+    conv of one group is a plain conv, and modulating the weight is then the cheaper pass).
     """
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
@@ -179,41 +185,75 @@ class ModulatedConv2d(nn.Module):
                              f"got {tuple(x.shape)}")
         if w.ndim != 2 or w.shape[0] != batch:
             raise ValueError(f"ModulatedConv2d: w must be [{batch}, style_dim], got {tuple(w.shape)}")
-        styles = self.modulation(w)  # [B, in]
-        fused = self.fused_modconv
-        if fused is None:
-            fused = batch == 1
-        if fused:
-            return self._forward_fused(x, styles)
-        return self._forward_nonfused(x, styles)
-
-    def _forward_fused(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        weight = self.weight * self.scale * styles[:, None, :, None, None]  # [B, out, in, k, k]
+        # The weight scale folded into the styles: [B, in] instead of a pass over the weight.
+        styles = self.modulation(w) * self.scale
+        weight = self.weight[0]  # [out, in, k, k]
+        dcoefs = None
         if self.demodulate:
-            weight = weight * torch.rsqrt(weight.square().sum(dim=[2, 3, 4]) + 1e-8)[..., None, None, None]
+            # sum_{i,kh,kw} (weight[o,i] * s[i])**2 = sum_i s[i]**2 * sum_{kh,kw} weight[o,i]**2,
+            # without materialising the modulated weight: [B, out].
+            sq_norms = torch.linalg.vector_norm(weight, dim=(2, 3)).square()  # [out, in]
+            dcoefs = torch.rsqrt(styles.square() @ sq_norms.T + 1e-8)
+        form = self._form(x)
+        if form == "matmul":
+            return self._forward_matmul(x, styles, dcoefs)
+        if form == "fused":
+            return self._forward_fused(x, styles, dcoefs)
+        return self._forward_nonfused(x, styles, dcoefs)
+
+    def _form(self, x: torch.Tensor) -> str:
+        """"fused" (grouped conv with per-sample weights), "nonfused" (shared-weight conv) or
+        "matmul" (per-sample weights as one batched matmul: 1x1 kernels only)."""
+        if self.fused_modconv is not None:
+            return "fused" if self.fused_modconv else "nonfused"
+        if self.kernel_size == 1 and not self.upsample:
+            return "matmul"
+        batch, _, height, width = x.shape
+        # Batch 1: a grouped conv is a plain conv, so fused costs one pass over the weight and
+        # non-fused one over the input (scaling by the styles); take the smaller.
+        if batch == 1 and self.out_channel * self.kernel_size ** 2 < height * width:
+            return "fused"
+        return "nonfused"
+
+    def _modulated_weight(self, styles: torch.Tensor, dcoefs: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-sample weights ``[B, out, in, k, k]`` (steps 2-3)."""
+        coefs = styles[:, None, :]  # [B, 1, in]
+        if dcoefs is not None:
+            coefs = coefs * dcoefs[:, :, None]  # [B, out, in]
+        return self.weight * coefs[..., None, None]
+
+    def _forward_fused(self, x, styles, dcoefs):
+        batch, _, height, width = x.shape
+        weight = self._modulated_weight(styles, dcoefs)
         k = self.kernel_size
         x = x.reshape(1, batch * self.in_channel, height, width)
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(batch * self.in_channel, self.out_channel, k, k)
             out = F.conv_transpose2d(x, weight, stride=2, groups=batch)
-            out = self.blur(out.reshape(batch, self.out_channel, *out.shape[2:]))
-        else:
-            weight = weight.reshape(batch * self.out_channel, self.in_channel, k, k)
-            out = F.conv2d(x, weight, padding=self.padding, groups=batch)
-            out = out.reshape(batch, self.out_channel, *out.shape[2:])
-        return out
+            return self.blur(out.reshape(batch, self.out_channel, *out.shape[2:]))
+        weight = weight.reshape(batch * self.out_channel, self.in_channel, k, k)
+        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
+        return out.reshape(batch, self.out_channel, *out.shape[2:])
 
-    def _forward_nonfused(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-        weight = self.weight[0] * self.scale  # [out, in, k, k]
+    def _forward_matmul(self, x, styles, dcoefs):
+        batch, _, height, width = x.shape
+        weight = self._modulated_weight(styles, dcoefs)[..., 0, 0]  # [B, out, in]
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # NHWC memory is already [B, H*W, in]: no copy in or out.
+            out = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channel),
+                            weight.transpose(1, 2))
+            return out.reshape(batch, height, width, self.out_channel).permute(0, 3, 1, 2)
+        out = torch.bmm(weight, x.reshape(batch, self.in_channel, height * width))
+        return out.reshape(batch, self.out_channel, height, width)
+
+    def _forward_nonfused(self, x, styles, dcoefs):
+        weight = self.weight[0]
         x = x * styles[:, :, None, None]
         if self.upsample:
             out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
         else:
             out = F.conv2d(x, weight, padding=self.padding)
-        if self.demodulate:
-            # sum_{i,kh,kw} (weight[o,i] * s[i])**2 = sum_i s[i]**2 * sum_{kh,kw} weight[o,i]**2
-            dcoefs = torch.rsqrt(styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8)
+        if dcoefs is not None:
             dcoefs = dcoefs[:, :, None, None]
             out = out.mul_(dcoefs) if _inplace_ok(out) else out * dcoefs
         return out
@@ -235,7 +275,7 @@ class NoiseInjection(nn.Module):
             noise = x.new_empty(batch, 1, height, width).normal_()
         if inplace:
             return x.addcmul_(noise.to(x.dtype), self.weight.to(x.dtype))
-        return x + self.weight * noise
+        return x + (self.weight * noise).to(x.dtype)  # stays in x.dtype (bf16 under autocast)
 
 
 class FusedLeakyReLU(nn.Module):

@@ -28,8 +28,8 @@ def infer_generator_config(state_dict: Mapping[str, torch.Tensor],
             sample = ", ".join(list(state_dict)[:5])
             raise ValueError(f"{source}: not a StyleGAN2 generator state dict: no '{key}' "
                              f"(first keys: {sample or 'none'})")
-    n_mlp = _count(state_dict, r"style\.(\d+)\.weight")
-    n_levels = _count(state_dict, r"to_rgbs\.(\d+)\.conv\.weight")
+    n_mlp = max(_indices(state_dict, r"style\.(\d+)\.weight"), default=0)  # style.0 is PixelNorm
+    n_levels = max(_indices(state_dict, r"to_rgbs\.(\d+)\.conv\.weight"), default=-1) + 1
     style_dim = state_dict["conv1.conv.modulation.weight"].shape[1]
     widths = {4: state_dict["conv1.conv.weight"].shape[1]}
     for level in range(n_levels):
@@ -56,9 +56,9 @@ def infer_generator_config(state_dict: Mapping[str, torch.Tensor],
     return config
 
 
-def _count(state_dict: Mapping[str, torch.Tensor], pattern: str) -> int:
-    indices = {int(m.group(1)) for m in map(re.compile(pattern).fullmatch, state_dict) if m}
-    return max(indices) + 1 if indices else 0
+def _indices(state_dict: Mapping[str, torch.Tensor], pattern: str) -> set:
+    """The integers captured by ``pattern`` across the keys."""
+    return {int(m.group(1)) for m in map(re.compile(pattern).fullmatch, state_dict) if m}
 
 
 def _describe(config: Mapping[str, Any]) -> str:

@@ -56,7 +56,8 @@ def test_list_images_missing_folder(tmp_path):
 # Modes and formats
 
 
-@pytest.mark.parametrize("ext,kwargs", [(".png", {}), (".bmp", {}), (".tif", {}), (".tiff", {"compression": "tiff_lzw"}),
+@pytest.mark.parametrize("ext,kwargs", [(".png", {}), (".bmp", {}), (".tif", {}),
+                                        (".tiff", {"compression": "tiff_lzw"}),
                                         (".webp", {"lossless": True}), (".jpg", {"quality": 95})])
 def test_formats_round_trip(tmp_path, ext, kwargs):
     path = tmp_path / f"img{ext}"

@@ -33,9 +33,10 @@ def test_se_matches_definition_float64():
     torch.testing.assert_close(se(x), x * gate[:, :, None, None], rtol=0, atol=1e-12)
 
 
-def test_se_rejects_zero_width():
+def test_se_width_floor_for_narrow_models():
+    assert get_attn("se")(8).fc1.weight.shape == (1, 8, 1, 1)
     with pytest.raises(ValueError, match="reduced width"):
-        get_attn("se")(8)
+        SqueezeExcite(8, 0)
 
 
 def test_eca_shape_and_gate_range():

@@ -18,6 +18,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="train.py",
+        allow_abbrev=False,  # --res must not silently mean --resume
         description="Train a pSp encoder into the W+ space of a frozen StyleGAN2 generator.",
         epilog="Example: python train.py --config demo train.max_steps=200 train.output_dir=runs/try")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",

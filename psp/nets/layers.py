@@ -118,11 +118,13 @@ def get_act(name: str) -> ActFactory:
 
 def get_attn(name: str, se_reduction: int = 16) -> Optional[AttnFactory]:
     """Channel-attention constructor `(channels) -> nn.Module` for "se" (reduced width
-    `channels // se_reduction`) or "eca"; None for "none"."""
+    `max(1, channels // se_reduction)`) or "eca"; None for "none"."""
     if name == "none":
         return None
     if name == "se":
-        return lambda channels: SqueezeExcite(channels, channels // se_reduction)
+        # Floor division, as in the released weights; the floor of 1 only matters for the narrow
+        # (< se_reduction channels) test and demo models, where the width would otherwise be 0.
+        return lambda channels: SqueezeExcite(channels, max(1, channels // se_reduction))
     if name == "eca":
         return lambda channels: EfficientChannelAttention(channels)
     raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(ATTENTIONS)}")

@@ -21,7 +21,7 @@ Compatibility traps:
 - pSp builds `latlayer2` (and `latlayer1`) even when no style reads it (n_styles <= 7); our encoder
   omits unused laterals, so those official keys are dropped on import.
 """
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -104,16 +104,19 @@ def _arcface_modules(net: ArcFace) -> list[tuple[str, str, str]]:
     ]
 
 
-def official_key_map(model: Union[GradualStyleEncoder, ArcFace]) -> dict[str, str]:
+def official_key_map(model: Union[ResNet, GradualStyleEncoder, ArcFace]) -> dict[str, str]:
     """Official parameter/buffer name -> our name, for every entry of `model.state_dict()`.
 
-    Raises ValueError when the model's options have no official counterpart (other blocks, stems,
-    activations, attention, or anti-aliasing).
+    `model` is a pSp encoder, an ArcFace recogniser, or a bare backbone (official `input_layer` and
+    `body` keys only). Raises ValueError when the model's options have no official counterpart
+    (other blocks, stems, activations, attention, or anti-aliasing).
     """
     if isinstance(model, GradualStyleEncoder):
         modules = _encoder_modules(model)
     elif isinstance(model, ArcFace):
         modules = _arcface_modules(model)
+    elif isinstance(model, ResNet):
+        modules = _backbone_modules(model, "")
     else:
         raise TypeError(f"no official layout for {type(model).__name__}")
     return {f"{official}.{suffix}": f"{ours}.{suffix}"
@@ -126,18 +129,22 @@ def _droppable(key: str, model: nn.Module) -> bool:
         key.startswith(official + ".") and getattr(model, ours) is None for official, ours in _LATERALS)
 
 
-def from_official(state_dict: dict, model: Union[GradualStyleEncoder, ArcFace], source: str = "state dict") -> dict:
+def from_official(state_dict: dict, model: Union[ResNet, GradualStyleEncoder, ArcFace],
+                  source: str = "state dict", ignore: tuple[str, ...] = ()) -> dict:
     """An official-layout state dict renamed to ours, checked against `model` (names and shapes).
 
-    Raises ValueError naming the first unexpected key, missing key, or shape mismatch.
+    `ignore` lists official key prefixes left out on both sides (neither read nor required), e.g.
+    ("output_layer.",) to take only the body of a recogniser file. The result holds every other
+    entry of `model.state_dict()`, in its order. Raises ValueError naming the first unexpected key,
+    missing key, or shape mismatch.
     """
-    key_map = official_key_map(model)
+    key_map = {k: v for k, v in official_key_map(model).items() if not k.startswith(ignore)}
     expected = model.state_dict()
     out = {}
     for key, value in state_dict.items():
+        if key.startswith(ignore) or (key not in key_map and _droppable(key, model)):
+            continue
         if key not in key_map:
-            if _droppable(key, model):
-                continue
             raise ValueError(f"{source}: unexpected key '{key}' for the official {type(model).__name__} layout")
         ours = key_map[key]
         if tuple(value.shape) != tuple(expected[ours].shape):
@@ -150,22 +157,21 @@ def from_official(state_dict: dict, model: Union[GradualStyleEncoder, ArcFace], 
             out[ours] = torch.zeros((), dtype=torch.long)  # pre-0.4.1 files have no counter
             continue
         raise ValueError(f"{source}: missing key '{key}' for the official {type(model).__name__} layout")
-    return {ours: out[ours] for ours in expected}
+    return {ours: out[ours] for ours in expected if ours in out}
 
 
-def to_official(state_dict: dict, model: Union[GradualStyleEncoder, ArcFace], prefix: Optional[str] = None) -> dict:
-    """Our state dict renamed to the official layout (optionally with a prefix such as 'encoder.').
-
-    Raises ValueError naming the first key of ours that has no official name, or that is missing.
-    """
+def to_official(state_dict: dict, model: Union[ResNet, GradualStyleEncoder, ArcFace], prefix: str = "") -> dict:
+    """Our state dict renamed to the official layout, each key prefixed by `prefix` (pSp files
+    use "encoder."). Raises ValueError naming the first key of ours without an official name, or
+    the first missing one."""
     to_ours = official_key_map(model)
-    out = {}
     lookup = {ours: official for official, ours in to_ours.items()}
     for key in state_dict:
         if key not in lookup:
             raise ValueError(f"key '{key}' has no official name in the {type(model).__name__} layout")
+    out = {}
     for official, ours in to_ours.items():
         if ours not in state_dict:
             raise ValueError(f"missing key '{ours}' (official '{official}')")
-        out[(prefix or "") + official] = state_dict[ours]
+        out[prefix + official] = state_dict[ours]
     return out

@@ -99,6 +99,9 @@ def _check_args(x, b, dim, act, alpha, gain, clamp) -> _Params:
             raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}")
     if act not in ACTIVATIONS:
         raise ValueError(f"bias_act: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    if act in ("lrelu", "elu") and alpha is not None and not alpha >= 0:
+        # The kernels read the sign of x + b off the output, which needs alpha >= 0.
+        raise ValueError(f"bias_act: alpha must be >= 0 for {act}, got {alpha!r}")
     if clamp is not None and not clamp >= 0:
         raise ValueError(f"bias_act: clamp must be None or >= 0, got {clamp!r}")
     spec = ACTIVATIONS[act]
@@ -116,20 +119,27 @@ def _describe(v) -> str:
 
 def _bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor], p: _Params) -> torch.Tensor:
     """The specification: plain PyTorch, differentiable to any order by autograd."""
+    recording = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    y = x
     if b is not None:
-        x = x + b.reshape([-1 if i == p.dim else 1 for i in range(x.ndim)])
-    x = ACTIVATIONS[p.act].func(x, p.alpha)
+        y = y + b.reshape([-1 if i == p.dim else 1 for i in range(x.ndim)])
+    y = ACTIVATIONS[p.act].func(y, p.alpha)
+    # Without autograd, scale and clamp our own temporary in place: at 1024 px a pass over a
+    # fresh tensor costs as much as the arithmetic.
+    in_place = not recording and y is not x
     if p.gain != 1:
-        x = x * p.gain
+        y = y.mul_(p.gain) if in_place else y * p.gain
+        in_place = not recording
     if p.clamp >= 0:
-        x = x.clamp(-p.clamp, p.clamp)
-    return x
+        y = y.clamp_(-p.clamp, p.clamp) if in_place else y.clamp(-p.clamp, p.clamp)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA path. Kernel modes (csrc/bias_act.cu): 0 forward; 1 gradient ``g * d y/d x``; 2 second
-# derivative ``g * dy * d^2 y/d x^2``. Mode 1 is linear in its incoming gradient, so the backward
-# of the backward reuses mode 1 for the incoming-gradient path and mode 2 for the x path.
+# CUDA path. Kernel modes (csrc/ops.h): 0 forward; 1 gradient ``g * dy/dz``; 2 second derivative
+# ``g * dy_saved * d2y/dz2``, with z = x + b read from x or (cheaper) from the output y, as the
+# table's `grad_from` says. Mode 1 is linear in g, so the backward of the backward is mode 1
+# again for the incoming-gradient path and mode 2 for the x path.
 
 _EMPTY = torch.empty(0)
 
@@ -142,47 +152,48 @@ def _reduce_to_bias(g: torch.Tensor, dim: int) -> torch.Tensor:
     return g.sum([i for i in range(g.ndim) if i != dim])
 
 
-def _run_kernel(g, x, b, y, dy, mode: int, p: _Params) -> torch.Tensor:
+def _kernel(g, b, ref, dy, mode: int, p: _Params) -> torch.Tensor:
     spec = ACTIVATIONS[p.act]
-    return build.load_plugin().bias_act(g, b, x, y, dy, mode, p.dim, spec.cuda_idx,
-                                        p.alpha, p.gain, p.clamp)
+    return build.load_plugin().bias_act(g, b, ref, dy, mode, spec.grad_from == "x", p.dim,
+                                        spec.cuda_idx, p.alpha, p.gain, p.clamp)
+
+
+def _grad_ref(x: torch.Tensor, y: torch.Tensor, p: _Params) -> torch.Tensor:
+    return x if ACTIVATIONS[p.act].grad_from == "x" else y
 
 
 class _BiasActCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, p: _Params):
         empty = _empty_like(x)
-        b_ = empty if b is None else b
-        y = _run_kernel(x, empty, b_, empty, empty, 0, p)
+        b = empty if b is None else b
+        y = _kernel(x, b, empty, empty, 0, p)
         spec = ACTIVATIONS[p.act]
-        # Keep only what the gradient kernels will read.
+        # Keep only what the gradient kernels read; x also when double backward must reach it.
         keep_x = spec.grad_from == "x" or spec.has_2nd_grad
         keep_y = spec.grad_from == "y" and (p.act != "linear" or p.clamp >= 0)
-        ctx.save_for_backward(x if keep_x else empty, b_, y if keep_y else empty)
+        ctx.save_for_backward(x if keep_x else empty, b, y if keep_y else empty)
         ctx.p = p
-        ctx.has_b = b is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, b, y = ctx.saved_tensors
-        p = ctx.p
-        dx = _BiasActGradCuda.apply(dy, x, b, y, p)
-        db = _reduce_to_bias(dx, p.dim) if ctx.has_b and ctx.needs_input_grad[1] else None
+        dx = _BiasActGradCuda.apply(dy, x, b, y, ctx.p)
+        db = _reduce_to_bias(dx, ctx.p.dim) if b.numel() and ctx.needs_input_grad[1] else None
         return dx, db, None
 
 
 class _BiasActGradCuda(torch.autograd.Function):
-    """dx = dy * d act(x + b) / dx, as a function of (dy, x, b) so that it can be differentiated.
+    """dx = dy * dy/dz as a function of (dy, x, b), so that it can be differentiated again.
 
-    `y` is the forward output, a cached form of x + b; its gradient is folded into x's.
+    `y` is the forward output, a cached form of z = x + b: its gradient is folded into x's.
     """
 
     @staticmethod
     def forward(ctx, dy, x, b, y, p: _Params):
-        dx = _run_kernel(dy, x, b, y, _empty_like(dy), 1, p)
-        spec = ACTIVATIONS[p.act]
-        ctx.save_for_backward(dy if spec.has_2nd_grad else _empty_like(dy), x, b, y)
+        dx = _kernel(dy, b, _grad_ref(x, y, p), _empty_like(dy), 1, p)
+        ctx.save_for_backward(dy if ACTIVATIONS[p.act].has_2nd_grad else _empty_like(dy), x, b, y)
         ctx.p = p
         return dx
 
@@ -194,7 +205,7 @@ class _BiasActGradCuda(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             d_dy = _BiasActGradCuda.apply(d_dx, x, b, y, p)
         if ACTIVATIONS[p.act].has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            d_x = _run_kernel(d_dx, x, b, y, dy, 2, p)
+            d_x = _kernel(d_dx, b, _grad_ref(x, y, p), dy, 2, p)
             if ctx.needs_input_grad[2] and b.numel():
                 d_b = _reduce_to_bias(d_x, p.dim)
         return d_dy, d_x, d_b, None, None

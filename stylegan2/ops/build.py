@@ -116,7 +116,7 @@ def _load(ahead_of_time: bool, verbose: bool = False) -> ModuleType:
     out = build_dir()
     module_name = out.name
     info = _read_info(out)
-    caps = _visible_capabilities()
+    caps = visible_capabilities()
     if not ahead_of_time and info and caps and arch_list_covers(info["arch_list"], caps):
         library = out / info["library"]
         if library.is_file():
@@ -131,6 +131,12 @@ def _load(ahead_of_time: bool, verbose: bool = False) -> ModuleType:
     _write_info(out, {"arch_list": arch_list, "library": Path(module.__file__).name,
                       "torch": torch.__version__, "cuda": torch.version.cuda})
     return module
+
+
+def first_line(err: BaseException) -> str:
+    """``"<Type>: <first non-empty line>"``: compiler errors run to hundreds of lines."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def _compile(name: str, sources: Sequence[str], out: Path, verbose: bool) -> ModuleType:
@@ -155,7 +161,7 @@ def _env_default(key: str, value: str):
             os.environ.pop(key, None)
 
 
-def _visible_capabilities() -> List[Tuple[int, int]]:
+def visible_capabilities() -> List[Tuple[int, int]]:
     if not torch.cuda.is_available():
         return []
     return sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})

@@ -60,7 +60,8 @@ def use_cuda(op: str, impl: Optional[str], x: torch.Tensor) -> bool:
     except RuntimeError as err:
         if not _warned_fallback:
             _warned_fallback = True
-            warnings.warn(f"stylegan2.ops: CUDA kernels unavailable, using the reference ops ({err})",
+            warnings.warn(f"stylegan2.ops: CUDA kernels unavailable, using the reference ops "
+                          f"({build.first_line(err)}; impl='cuda' shows the full error)",
                           RuntimeWarning, stacklevel=3)
         return False
 

@@ -43,8 +43,9 @@ def setup_filter(f=None, normalize: bool = True, flip: bool = False, gain: float
     """
     if f is None:
         f = 1
-    f = torch.as_tensor(np.asarray(f, dtype=np.float32) if not isinstance(f, torch.Tensor) else f,
-                        dtype=torch.float32)
+    if not isinstance(f, torch.Tensor):
+        f = np.asarray(f, dtype=np.float32)
+    f = torch.as_tensor(f, dtype=torch.float32)
     if f.ndim == 0:
         f = f.reshape(1, 1)
     elif f.ndim == 1:
@@ -96,8 +97,12 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down:
         raise ValueError(f"upfirdn2d: output size must be >= 1, got {out_h}x{out_w} (HxW) from input "
                          f"{x.shape[2]}x{x.shape[3]}, filter {tuple(f.shape)}, up {(upx, upy)}, "
                          f"down {(downx, downy)}, pad {tuple(p[4:8])}")
-    if _impl.use_cuda("upfirdn2d", impl, x) and not _filter_needs_grad(f, impl):
-        return _Upfirdn2dCuda.apply(x, f, p)
+    if _impl.use_cuda("upfirdn2d", impl, x):
+        if not (f.requires_grad and torch.is_grad_enabled()):
+            return _Upfirdn2dCuda.apply(x, f, p)
+        # The kernel treats f as a constant; a trainable filter needs the reference path.
+        if (impl or _impl.get_default_impl()) == "cuda":
+            raise RuntimeError("upfirdn2d: impl='cuda' does not differentiate w.r.t. f; use impl='ref'")
     return _upfirdn2d_ref(x, f, p)
 
 
@@ -117,15 +122,6 @@ def _check_filter(f, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"upfirdn2d: f must be a non-empty 2-D filter [fh, fw], got shape "
                          f"{tuple(f.shape)} (setup_filter() turns 1-D taps into one)")
     return f.to(device=x.device, dtype=x.dtype)
-
-
-def _filter_needs_grad(f: torch.Tensor, impl: Optional[str]) -> bool:
-    """The CUDA path treats the filter as a constant; a trainable filter needs the ref path."""
-    if not (f.requires_grad and torch.is_grad_enabled()):
-        return False
-    if impl == "cuda":
-        raise RuntimeError("upfirdn2d: impl='cuda' does not differentiate w.r.t. f; use impl='ref'")
-    return True
 
 
 def _parse_factor(name: str, v: IntPair) -> Tuple[int, int]:

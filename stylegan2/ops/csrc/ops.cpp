@@ -1,5 +1,5 @@
 // Python bindings of the stylegan2.ops CUDA kernels (bias_act.cu, upfirdn2d.cu).
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include "ops.h"
 

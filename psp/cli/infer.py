@@ -1,0 +1,188 @@
+"""``infer.py``: invert images into W+ latents; ``infer.py render``: latents back into images.
+
+Settings come from the ``infer`` config section: defaults <- ``--config`` files <- ``key=value``
+overrides <- flags (a flag given on the command line always wins). The model's own config comes
+from the checkpoint. Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage/config error
+(reported before any file is written), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import yaml
+
+from psp.cli import UsageError, report_user_errors
+from psp.config import Config, load_config, to_dict, validate
+from psp.inversion import (Inversion, Summary, autocast_for, check_output_folder, collect_jobs,
+                           finished_outputs, load_model, resolve_device)
+from psp.outputs import Manifest
+from stylegan2.io import sha256_file
+from stylegan2.ops import set_default_impl
+
+# A positional argument such as ``infer.batch_size=8`` is a config override, not an input path.
+OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")
+
+# argparse destination -> ``infer.*`` key.
+FLAG_KEYS = {"checkpoint": "checkpoint", "format": "format", "batch_size": "batch_size",
+             "device": "device", "precision": "precision", "save_images": "save_images",
+             "side_by_side": "side_by_side", "refine_steps": "refine_steps", "align": "align",
+             "workers": "num_workers"}
+
+EPILOG = """\
+inputs: image files, folders (searched recursively) and @LIST text files (one path per line,
+'#' comments, paths relative to the list file). Outputs mirror the inputs' paths under --out.
+Exit codes: 0 all succeeded, 1 some inputs failed (see manifest.jsonl), 2 usage or config error.
+Render saved latents: infer.py render LATENTS... --out DIR [--checkpoint PATH]
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are UsageErrors (one line, exit code 2) instead of usage dumps."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML config file or name in configs/ (repeatable)")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (infer.batch_size)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (infer.device)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="fp32; bf16 (CUDA or CPU); fp16 (CUDA) (infer.precision)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def invert_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="infer.py", description="Invert images into StyleGAN2 W+ latents with a pSp encoder.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image file, folder, @LIST file, or a key=value config override")
+    _common_flags(parser)
+    parser.add_argument("--checkpoint", help="pSp model file (infer.checkpoint)")
+    parser.add_argument("--format", choices=("pt", "npy"), help="latent file format (infer.format)")
+    parser.add_argument("--save-images", action="store_const", const=True,
+                        help="also write reconstructions <stem>.png (infer.save_images)")
+    parser.add_argument("--side-by-side", action="store_const", const=True,
+                        help="reconstructions as input | output pairs; implies --save-images")
+    parser.add_argument("--resume", action="store_true", help="continue a run: skip finished outputs")
+    parser.add_argument("--refine-steps", type=int, help="optimise W+ for N steps (infer.refine_steps)")
+    parser.add_argument("--align", action="store_const", const=True,
+                        help="FFHQ-style face alignment first (infer.align)")
+    parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved infer config and exit")
+    return parser
+
+
+def render_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="infer.py render", description="Render saved W+ latents (.pt or .npy) into PNG images.")
+    parser.add_argument("inputs", nargs="*", metavar="LATENTS",
+                        help="latent file, folder, @LIST file, or a key=value config override")
+    _common_flags(parser)
+    parser.add_argument("--checkpoint", help="pSp model file; default: the one recorded in the .pt latents")
+    parser.add_argument("--full-resolution", action="store_true",
+                        help="full generator resolution instead of 256x256")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
+    """Arguments and the resolved config (flags applied over files and overrides, then re-validated)."""
+    args = parser.parse_intermixed_args(argv)
+    overrides = [a for a in args.inputs if OVERRIDE.match(a)]
+    args.inputs = [a for a in args.inputs if not OVERRIDE.match(a)]
+    config = load_config(args.config, overrides, purpose="infer")
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            setattr(config.infer, key, value)
+    validate(config, purpose="infer")
+    set_default_impl(config.ops.impl)
+    return args, config
+
+
+def _require_inputs_and_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.inputs:
+        raise UsageError(f"no input given; usage: {parser.prog} INPUT [INPUT ...] --out DIR")
+    if args.out is None:
+        raise UsageError("--out DIR is required")
+
+
+def invert(argv: Sequence[str]) -> int:
+    parser = invert_parser()
+    args, config = _parse(parser, argv)
+    if args.print_config:
+        print(yaml.safe_dump({"infer": to_dict(config.infer), "ops": to_dict(config.ops)}, sort_keys=False), end="")
+        return 0
+    _require_inputs_and_out(parser, args)
+    cfg = config.infer
+    jobs, folders = collect_jobs(args.inputs)
+    check_output_folder(args.out, folders)
+    device = resolve_device(cfg.device)
+    autocast_for(device, cfg.precision)
+    checkpoint = Path(cfg.checkpoint)
+    model = load_model(checkpoint, device)
+    sha256 = sha256_file(checkpoint)
+    done = finished_outputs(args.out, args.resume, sha256)
+    run = Inversion(model, cfg, args.out, device, checkpoint, sha256, quiet=args.quiet,
+                    lpips_net=config.loss.lpips_net, lpips_weights=config.loss.lpips_weights)
+    run.prepare()
+    summary = _until_io_error(lambda: run.run(jobs, done))
+    if summary is None:
+        return 1
+    print(f"{summary.line('inverted')}; manifest: {args.out / Manifest.NAME}", file=sys.stderr)
+    return 0 if summary.failed == 0 else 1
+
+
+def _until_io_error(run: Callable[[], Summary]) -> Optional[Summary]:
+    """``run()``, or None after reporting an OSError (disk full, a vanished folder, ...).
+
+    Not a bug and not the input's fault: every finished file is intact, so the run can be resumed.
+    """
+    try:
+        return run()
+    except OSError as exc:
+        print(f"error: {exc}; finished outputs are kept (rerun with --resume to continue)", file=sys.stderr)
+        return None
+
+
+def render(argv: Sequence[str]) -> int:
+    from psp.render import LATENTS, Render, list_latents, recorded_checkpoint
+
+    parser = render_parser()
+    args, config = _parse(parser, argv)
+    _require_inputs_and_out(parser, args)
+    jobs, folders = collect_jobs(args.inputs, list_latents, LATENTS)
+    check_output_folder(args.out, folders)
+    device = resolve_device(config.infer.device)
+    autocast_for(device, config.infer.precision)
+    if args.checkpoint is not None:
+        checkpoint, expected_sha256 = Path(args.checkpoint), None
+    else:
+        checkpoint, expected_sha256 = recorded_checkpoint(jobs)
+        if expected_sha256 and sha256_file(checkpoint) != expected_sha256:
+            raise UsageError(f"checkpoint '{checkpoint}' changed since the latents were made (sha256 "
+                             "differs); pass --checkpoint PATH to render with it anyway")
+    model = load_model(checkpoint, device)
+    run = Render(model, args.out, device, config.infer.precision, config.infer.batch_size,
+                 args.full_resolution, expected_sha256, quiet=args.quiet)
+    summary = _until_io_error(lambda: run.run(jobs))
+    if summary is None:
+        return 1
+    print(summary.line("rendered"), file=sys.stderr)
+    return 0 if summary.failed == 0 else 1
+
+
+@report_user_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``infer.py [render] ...``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return render(argv[1:]) if argv[:1] == ["render"] else invert(argv)
+    except KeyboardInterrupt:
+        print("interrupted; finished outputs are kept (rerun with --resume to continue)", file=sys.stderr)
+        return 130
