@@ -127,7 +127,7 @@ class ResumeCheckpoint(Checkpoint):
 
     def _save(self, trainer: L.Trainer) -> None:
         if self._saved_step != trainer.global_step:
-            trainer.save_checkpoint(self.path)  # every rank calls; rank zero writes
+            trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls; rank zero writes
             self._saved_step = trainer.global_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

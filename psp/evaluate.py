@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ from psp.cli import UsageError, report_user_errors
 from psp.config import InferConfig
 from psp.eval_report import Extremes, draw_report, format_score, label
 from psp.images import ImageLoadError, list_images, load_rgb, to_tensor
+from psp.inversion import load_model, progress_bar, resolve_device
 from psp.machine import describe_machine, machine_line
 from psp.metrics import DEFINITIONS, ReconstructionMetrics, summarize
 
@@ -180,7 +182,6 @@ class Scores:
     extremes: Extremes
     rows: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
-    seconds: float = 0.0  # model time (encode, refine, decode) over all images
 
     def add(self, paths: Sequence[str], targets: torch.Tensor, outputs: torch.Tensor,
             scores: dict[str, torch.Tensor], seconds: Optional[float] = None) -> None:
@@ -191,7 +192,6 @@ class Scores:
                 row["seconds"] = seconds / len(paths)
             self.rows.append(row)
             self.extremes.add(path, targets[i], outputs[i], row)
-        self.seconds += seconds or 0.0
 
     def fail(self, path: str, error: str) -> None:
         self.failed.append({"path": path, "error": error})
@@ -238,12 +238,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _progress(total: int, desc: str, quiet: bool):
-    from psp.inversion import progress_bar
-
-    return progress_bar(total, desc, quiet)
-
-
 def invert(model, x: torch.Tensor, args: argparse.Namespace, lpips) -> torch.Tensor:
     """Codes of ``x`` [B, 3, S, S]: the encoder's answer, refined for ``args.refine_steps`` if > 0."""
     with torch.no_grad():
@@ -270,7 +264,7 @@ def evaluate_folder(model, metrics: ReconstructionMetrics, args: argparse.Namesp
         raise UsageError(f"no images found in '{args.images}' (looked recursively)")
     rels = [f.relative_to(args.images).as_posix() for f in files]
     scores = Scores(Extremes(rank_metric, args.report_examples))
-    with _progress(len(files), "evaluating", args.quiet) as bar:
+    with progress_bar(len(files), "evaluating", args.quiet) as bar:
         for indices, x, failures in _loader([(f,) for f in files], model.input_size, args):
             for i, error in failures:
                 scores.fail(rels[i], error)
@@ -324,7 +318,7 @@ def evaluate_pairs(metrics: ReconstructionMetrics, args: argparse.Namespace, dev
     for rel in missing:
         scores.fail(rel, f"no reconstruction in '{args.outputs}'")
     rels = [rel for rel, _, _ in pairs]
-    with _progress(len(pairs), "scoring", args.quiet) as bar:
+    with progress_bar(len(pairs), "scoring", args.quiet) as bar:
         for indices, images, failures in _loader([(t, o) for _, t, o in pairs], args.size, args):
             for i, error in failures:
                 scores.fail(rels[i], error)
@@ -350,7 +344,7 @@ def evaluate_synthetic(model, metrics: ReconstructionMetrics, args: argparse.Nam
     results = {m: Scores(Extremes(rank_metric, args.report_examples)) for m in methods}
     with torch.no_grad():
         baseline = model.decode(model.w_avg[None].to(device), resize=True)
-    with _progress(args.synthetic, "synthetic", args.quiet) as bar:
+    with progress_bar(args.synthetic, "synthetic", args.quiet) as bar:
         for first in range(0, args.synthetic, args.batch_size):
             samples = [data[i] for i in range(first, min(first + args.batch_size, args.synthetic))]
             x = torch.stack([s["target"] for s in samples]).to(device)
@@ -477,24 +471,29 @@ def build_report(mode: str, args: argparse.Namespace, metric_names: Sequence[str
 def write_outputs(out: Path, report: dict, results: dict[str, Scores], title: str) -> None:
     """metrics.json, per_image.csv (a ``method`` column when there are several) and report.png
     (the last method's best and worst images) into ``out``."""
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "metrics.json", (json.dumps(report, indent=2) + "\n").encode())
     several = len(results) > 1
     write_csv(out / "per_image.csv", [{"method": m, **row} if several else row
                                       for m, scores in results.items() for row in scores.rows])
     scores = results[report["method"]]
+    lines = [_summary_line(row) for row in report["table"]]
+    lines.append(machine_line(report["machine"]) + f"  ·  {report['created']}")
     means = {m: s["mean"] for m, s in report["metrics"].items()}
-    seconds = report["seconds_per_image"]
-    lines = [f"{report['method']}: {len(scores.rows)} images scored, {len(scores.failed)} failed"
-             + "".join(f"  ·  {label(m)} {format_score(m, v)}" for m, v in means.items())
-             + (f"  ·  {seconds:.3f} s/image" if seconds else ""),
-             machine_line(report["machine"]) + f"  ·  {report['created']}"]
+    if several:
+        title += f"  (images and histograms: {report['method']})"
     image = draw_report(title, lines, scores.extremes, {m: scores.values(m) for m in means}, means)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     _atomic_write(out / "report.png", buffer.getvalue())
+
+
+def _summary_line(row: dict) -> str:
+    """``encoder: 64 images, 0 failed · L2 0.0123 · ... · 0.052 s/image`` for the report header."""
+    seconds = row["seconds_per_image"]
+    return (f"{row['method']}: {row['n']} images, {row['n_failed']} failed"
+            + "".join(f"  ·  {label(m)} {format_score(m, v['mean'])}" for m, v in row["metrics"].items())
+            + (f"  ·  {seconds:.3f} s/image" if seconds else ""))
 
 
 def _title(mode: str, args: argparse.Namespace) -> str:
@@ -513,8 +512,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m psp.evaluate ...``; returns the exit code (module docstring)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     mode = check_args(args)
-    from psp.inversion import load_model, resolve_device  # imports the model code: after the usage checks
-
     device = resolve_device(args.device)
     metrics = build_metrics(args, device)
     rank_metric = "lpips" if metrics.lpips is not None else "l2"

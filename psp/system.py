@@ -38,7 +38,8 @@ class PSPSystem(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = PSP.from_config(config.model)
-        arcface = load_arcface(config.loss.id_weights) if config.loss.id > 0 else None
+        # Loaded whenever given: with loss.id = 0 it still yields the id_similarity metric.
+        arcface = load_arcface(config.loss.id_weights) if config.loss.id_weights else None
         self.loss = PSPLoss.from_config(config.loss, arcface=arcface, lpips_pretrained=lpips_pretrained)
         for frozen in self._frozen_modules():
             frozen.requires_grad_(False)
@@ -58,15 +59,15 @@ class PSPSystem(L.LightningModule):
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _reconstruct(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(y_hat [B,3,S,S], loss, terms) for a batch."""
+    def reconstruct(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One pSp pass on a batch: (y_hat [B,3,S,S], total loss, detached loss terms)."""
         codes = self.model.encode(batch["source"])
         y_hat = self.model.decode(codes, resize=True)
         loss, terms = self.loss(y_hat, batch["target"], codes=codes, w_avg=self.model.w_avg)
         return y_hat, loss, terms
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _, loss, terms = self._reconstruct(batch)
+        _, loss, terms = self.reconstruct(batch)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False,
                       batch_size=len(batch["source"]))
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(batch["source"]))
@@ -79,7 +80,7 @@ class PSPSystem(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         y = batch["target"]
-        y_hat, _, terms = self._reconstruct(batch)
+        y_hat, _, terms = self.reconstruct(batch)
         values = {**terms, **self.loss.metrics(y_hat, y),
                   "baseline_l2": F.mse_loss(self._w_avg_image.float().expand_as(y), y.float())}
         self.log_dict({f"val/{k}": v for k, v in values.items()}, on_step=False, on_epoch=True,

@@ -8,9 +8,10 @@ Speed notes (CPU inference is a product target, SPEC §10):
   one grouped convolution; the original's way) and "non-fused" (styles scale the activations, one
   shared-weight convolution, demodulation coefficients scale the result). See `fused_modconv`.
 - When autograd is off (``torch.no_grad`` / ``torch.inference_mode``) and the tensors are on the
-  CPU, the elementwise tails (demodulation, noise, bias + leaky ReLU) run in place on the freshly
-  made convolution outputs: on CPU a fresh large tensor costs several times the arithmetic that
-  fills it. With autograd on, every step is out of place and goes through `stylegan2.ops`.
+  CPU, `StyledConv`'s elementwise tail (demodulation, noise, bias + leaky ReLU) runs as three
+  in-place passes over the fresh convolution output: on CPU a fresh large tensor costs several
+  times the arithmetic that fills it. With autograd on (or on CUDA), every step is out of place
+  and goes through `stylegan2.ops`.
 - The blur after the upsampling convolution runs on CPU as one depthwise convolution with the
   padding inside the call (no padded copy); elsewhere it is `upfirdn2d`. Both compute the same
   filter (a test pins them together).
@@ -104,7 +105,7 @@ class Blur(nn.Module):
         p0, p1 = self.pad
         if x.device.type == "cpu" and p0 == p1:
             # The same true convolution as upfirdn2d's reference path, as one depthwise conv that
-            # pads internally: about 3x faster on CPU than separable passes over a padded copy.
+            # pads internally: several times faster on CPU than passes over a padded copy.
             channels = x.shape[1]
             weight = self.kernel.flip([0, 1]).to(x.dtype)[None, None]
             return F.conv2d(x, weight.expand(channels, 1, -1, -1), padding=p0, groups=channels)
@@ -179,6 +180,19 @@ class ModulatedConv2d(nn.Module):
                 f"fused_modconv={self.fused_modconv}")
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        out, dcoefs = self.conv_and_demod(x, w)
+        if dcoefs is None:
+            return out
+        dcoefs = dcoefs[:, :, None, None]
+        return out.mul_(dcoefs) if _inplace_ok(out) else out * dcoefs
+
+    def conv_and_demod(self, x: torch.Tensor, w: torch.Tensor):
+        """The convolution with the demodulation possibly still to apply.
+
+        Returns ``(out, dcoefs)``: the result is ``out * dcoefs[:, :, None, None]`` when
+        ``dcoefs`` ``[B, out]`` is not None (non-fused form), else ``out`` itself. Lets callers
+        fold the demodulation into their own elementwise pass.
+        """
         batch = x.shape[0]
         if x.ndim != 4 or x.shape[1] != self.in_channel:
             raise ValueError(f"ModulatedConv2d: x must be [B, {self.in_channel}, H, W], "
@@ -196,14 +210,14 @@ class ModulatedConv2d(nn.Module):
             dcoefs = torch.rsqrt(styles.square() @ sq_norms.T + 1e-8)
         form = self._form(x)
         if form == "matmul":
-            return self._forward_matmul(x, styles, dcoefs)
+            return self._forward_matmul(x, styles, dcoefs), None
         if form == "fused":
-            return self._forward_fused(x, styles, dcoefs)
-        return self._forward_nonfused(x, styles, dcoefs)
+            return self._forward_fused(x, styles, dcoefs), None
+        return self._forward_nonfused(x, styles), dcoefs
 
     def _form(self, x: torch.Tensor) -> str:
-        """"fused" (grouped conv with per-sample weights), "nonfused" (shared-weight conv) or
-        "matmul" (per-sample weights as one batched matmul: 1x1 kernels only)."""
+        """The form for input ``x``: ``fused`` (grouped conv with per-sample weights), ``nonfused``
+        (shared-weight conv) or ``matmul`` (per-sample weights as one batched matmul; 1x1 only)."""
         if self.fused_modconv is not None:
             return "fused" if self.fused_modconv else "nonfused"
         if self.kernel_size == 1 and not self.upsample:
@@ -246,17 +260,13 @@ class ModulatedConv2d(nn.Module):
         out = torch.bmm(weight, x.reshape(batch, self.in_channel, height * width))
         return out.reshape(batch, self.out_channel, height, width)
 
-    def _forward_nonfused(self, x, styles, dcoefs):
+    def _forward_nonfused(self, x, styles):
+        """Shared-weight convolution of the style-scaled input, not yet demodulated."""
         weight = self.weight[0]
         x = x * styles[:, :, None, None]
         if self.upsample:
-            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
-        else:
-            out = F.conv2d(x, weight, padding=self.padding)
-        if dcoefs is not None:
-            dcoefs = dcoefs[:, :, None, None]
-            out = out.mul_(dcoefs) if _inplace_ok(out) else out * dcoefs
-        return out
+            return self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+        return F.conv2d(x, weight, padding=self.padding)
 
 
 class NoiseInjection(nn.Module):
@@ -267,14 +277,10 @@ class NoiseInjection(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                inplace: bool = False) -> torch.Tensor:
-        """``inplace``: overwrite ``x`` (only for a tensor the caller owns and autograd does not need)."""
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         if noise is None:
             batch, _, height, width = x.shape
             noise = x.new_empty(batch, 1, height, width).normal_()
-        if inplace:
-            return x.addcmul_(noise.to(x.dtype), self.weight.to(x.dtype))
         return x + (self.weight * noise).to(x.dtype)  # stays in x.dtype (bf16 under autocast)
 
 
@@ -286,12 +292,7 @@ class FusedLeakyReLU(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.impl = impl
 
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """``inplace``: overwrite ``x`` (only for a tensor the caller owns and autograd does not need)."""
-        if inplace:
-            # bias_act's reference steps, in place.
-            x = x.add_(self.bias.to(x.dtype)[None, :, None, None])
-            return F.leaky_relu_(x, LRELU_ALPHA).mul_(LRELU_GAIN)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return bias_act(x, self.bias, act="lrelu", impl=self.impl)
 
 
@@ -325,10 +326,32 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor,
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self.conv(x, w)
-        inplace = _inplace_ok(out)
-        out = self.noise(out, noise=noise, inplace=inplace)
-        return self.activate(out, inplace=inplace)
+        out, dcoefs = self.conv.conv_and_demod(x, w)
+        if _inplace_ok(out):
+            return self._tail_inplace(out, dcoefs, noise)
+        if dcoefs is not None:
+            out = out * dcoefs[:, :, None, None]
+        return self.activate(self.noise(out, noise=noise))
+
+    def _tail_inplace(self, out: torch.Tensor, dcoefs: Optional[torch.Tensor],
+                      noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """Demodulation, noise, bias and leaky ReLU in three passes over ``out``, in place.
+
+        ``lrelu(y) * g = lrelu(y * g)`` for a gain ``g > 0``, so the gain moves into the
+        coefficients: ``out = lrelu(out * d*g + b*g + noise * n*g)``. Same maths as the
+        out-of-place path (bias_act), rounded in another order.
+        """
+        if noise is None:
+            batch, _, height, width = out.shape
+            noise = out.new_empty(batch, 1, height, width).normal_()
+        gain = LRELU_GAIN
+        shift = (self.activate.bias * gain).to(out.dtype)[None, :, None, None]
+        if dcoefs is None:
+            out = torch.add(shift, out, alpha=gain, out=out)
+        else:
+            out = torch.addcmul(shift, out, (dcoefs * gain).to(out.dtype)[:, :, None, None], out=out)
+        out = out.addcmul_(noise.to(out.dtype), (self.noise.weight * gain).to(out.dtype))
+        return F.leaky_relu_(out, LRELU_ALPHA)
 
 
 class ToRGB(nn.Module):

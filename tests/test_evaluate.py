@@ -88,16 +88,18 @@ def test_checkpoint_mode_scores_every_readable_image(checkpoint, photos, tmp_pat
         assert png.mode == "RGB" and png.width >= 640 and png.height >= 400
 
 
-def test_checkpoint_mode_with_refinement_improves_l2(checkpoint, photos, tmp_path):
+def test_checkpoint_mode_with_refinement_improves_l2(checkpoint, tmp_path):
+    photos = tmp_path / "two"
+    _photo(photos / "x.png", 1)
+    _photo(photos / "y.png", 4)
     plain, refined = tmp_path / "plain", tmp_path / "refined"
-    (photos / "sub" / "broken.png").unlink()
     assert evaluate("--checkpoint", checkpoint, photos, "--out", plain, "--no-lpips", "--workers", 0) == 0
     assert evaluate("--checkpoint", checkpoint, photos, "--out", refined, "--no-lpips", "--workers", 0,
-                    "--refine-steps", 5, "--refine-lr", 0.05) == 0
+                    "--refine-steps", 3, "--refine-lr", 0.05) == 0
     before = json.loads((plain / "metrics.json").read_text())
     after = json.loads((refined / "metrics.json").read_text())
-    assert after["method"] == "encoder + refine 5"
-    assert after["config"]["refine_steps"] == 5 and after["config"]["refine_lpips"] == 0.0
+    assert after["method"] == "encoder + refine 3"
+    assert after["config"]["refine_steps"] == 3 and after["config"]["refine_lpips"] == 0.0
     assert after["metrics"]["l2"]["mean"] < before["metrics"]["l2"]["mean"]
 
 
@@ -126,18 +128,18 @@ def test_pairs_mode_matches_by_relative_path(photos, tmp_path, capsys):
 
 def test_synthetic_mode_writes_the_benchmark_table(checkpoint, tmp_path, capsys):
     out = tmp_path / "synthetic"
-    code = evaluate("--checkpoint", checkpoint, "--synthetic", 3, "--refine-steps", 3, "--refine-lr", 0.05,
-                    "--out", out, "--no-lpips", "--batch-size", 2)
+    code = evaluate("--checkpoint", checkpoint, "--synthetic", 3, "--refine-steps", 2, "--refine-lr", 0.05,
+                    "--out", out, "--no-lpips", "--batch-size", 3)
     assert code == 0
     report = json.loads((out / "metrics.json").read_text())
     methods = [row["method"] for row in report["table"]]
-    assert methods == ["w_avg", "encoder", "encoder + refine 3"]
-    assert report["method"] == "encoder + refine 3" and report["config"]["seed"] == 1_000_000
+    assert methods == ["w_avg", "encoder", "encoder + refine 2"]
+    assert report["method"] == "encoder + refine 2" and report["config"]["seed"] == 1_000_000
     for row in report["table"]:
         assert row["n"] == 3 and set(row["metrics"]) == {"l2", "ms_ssim", "latent_mse"}
     table = {row["method"]: row for row in report["table"]}
     assert table["w_avg"]["seconds_per_image"] is None and table["encoder"]["seconds_per_image"] > 0
-    assert (table["encoder + refine 3"]["metrics"]["l2"]["mean"]
+    assert (table["encoder + refine 2"]["metrics"]["l2"]["mean"]
             < table["encoder"]["metrics"]["l2"]["mean"])
     printed = capsys.readouterr().out
     assert report["table_markdown"] in printed

@@ -1,6 +1,10 @@
 """infer.py end to end on a tiny model: latents, manifest, bad inputs, usage errors, render."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -206,16 +210,10 @@ def test_align_failures_are_per_image(photos, checkpoint, tmp_path):
     out = tmp_path / "out"
     assert infer(photos / "a.jpg", "--out", out, "--checkpoint", checkpoint, "--align", "--workers", 0) == 1
     (record,) = _records(out)[1:]
-    assert record["status"] == "failed" and record["error"]
+    assert record["status"] == "failed" and record["error"] == "no face found in the image"
 
 
 def test_infer_py_entry_point(tmp_path):
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--print-config", "--workers", "3"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "num_workers: 3" in done.stdout, done.stderr
     done = subprocess.run([sys.executable, str(ROOT / "infer.py"), "nothing.jpg", "--out", "o"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr == "error: input 'nothing.jpg' does not exist\n"
@@ -338,16 +336,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(checkpoint, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     photos = tmp_path / "photos"
     for i in range(12):
         _photo(photos / f"{i // 4}" / f"{i:02d}.png", (40 + i, 40), seed=i)
     reference, out = tmp_path / "reference", tmp_path / "out"
-    assert infer(photos, "--out", reference, "--checkpoint", checkpoint, "--batch-size", 4, "--workers", 0) == 0
+    # Batch 1 and one thread everywhere: bit-identical results (other batch sizes agree to ~1e-6).
+    assert infer(photos, "--out", reference, "--checkpoint", checkpoint, "--batch-size", 1, "--workers", 0) == 0
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
@@ -367,13 +361,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(checkpoint, tmp_path):
     done_before = sum(r.get("status") == "ok" for r in _records(out))
     assert 3 <= done_before < 12
 
-    assert infer(photos, "--out", out, "--checkpoint", checkpoint, "--resume", "--batch-size", 4,
-                 "--workers", 0) == 0
+    assert infer(photos, "--out", out, "--checkpoint", checkpoint, "--resume", "--batch-size", 1,
+                 "--workers", 2) == 0
     assert _tree(out) == _tree(reference)  # every output, and no temporary files left behind
     for latent in reference.rglob("*.pt"):
         expected, _ = load_latent(latent)
         resumed, _ = load_latent(out / latent.relative_to(reference))
-        torch.testing.assert_close(resumed, expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(resumed, expected), latent
     records = _records(out)
     runs = [i for i, r in enumerate(records) if r["type"] == "run"]
     assert len(runs) == 2

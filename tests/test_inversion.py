@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from psp.cli import UsageError
-from psp.inversion import (Job, autocast_for, check_output_folder, collect_jobs, finished_outputs,
+from psp.inversion import (autocast_for, check_output_folder, collect_jobs, finished_outputs,
                            plan_jobs, resolve_device, stream_images)
 from psp.config import InferConfig
 from psp.outputs import (LatentFileError, Manifest, atomic_write, load_latent, read_manifest, save_latent,

@@ -204,3 +204,13 @@ def test_encoder_init_copies_the_arcface_body(arcface_file, input_nc):
     assert all(torch.equal(body[k], source[k]) for k in body if not k.startswith("stem."))
     # pSp keeps a random input layer for non-RGB inputs.
     assert torch.equal(body["stem.conv.weight"], source["stem.conv.weight"]) == (input_nc == 3)
+
+
+def test_optimize_for_inference_keeps_codes_and_blocks_saving(model, x, tmp_path):
+    with torch.no_grad():
+        before = model(x, return_latents=True)
+        model.optimize_for_inference()
+        after = model(x, return_latents=True)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="optimize_for_inference"):
+        model.save(tmp_path / "psp.pt")

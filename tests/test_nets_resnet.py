@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from psp.nets.blocks import IRBlock, Shortcut
-from psp.nets.fuse import fuse_bn_for_inference
+from psp.nets.fuse import fuse_bn_for_inference, optimize_for_inference
 from psp.nets.layers import get_attn
 from psp.nets.pyramid import GradualStyleEncoder
 from psp.nets.resnet import DEPTH_PRESETS, ResNet, stage_layers
@@ -164,4 +164,18 @@ def test_fuse_bn_for_inference_keeps_outputs(block, stem, anti_alias):
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in encoder.modules())
     # Only the pre-activation BN of IR units (before a zero-padded conv) may remain.
     assert n_bn == (4 if block.startswith("ir") else 0)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_styles", [3, 8, 18])
+def test_optimize_for_inference_keeps_outputs(n_styles):
+    encoder = GradualStyleEncoder(tiny_backbone("ir_se"), n_styles=n_styles, style_dim=8, input_size=64)
+    _randomise_bn_statistics(encoder)
+    encoder.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = encoder(x)
+        optimize_for_inference(encoder)
+        after = encoder(x)
+    assert encoder.styles is None and len(encoder.merged_styles) == min(3, 1 + (n_styles > 3) + (n_styles > 7))
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)

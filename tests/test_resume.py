@@ -1,5 +1,6 @@
 """Resuming: Ranger's state round trip, Lightning resume of step/optimiser/logger run, and a real
 SIGTERM'd `train.py` subprocess continued with `--resume auto`."""
+import copy
 import io
 import json
 import math
@@ -142,7 +143,7 @@ def test_resume_restores_step_optimizer_and_logger_run(tmp_path, monkeypatch):
     class Probe(L.Callback):
         def on_train_start(self, trainer, pl_module):
             seen["step"] = trainer.global_step
-            seen["optim"] = trainer.optimizers[0].state_dict()
+            seen["optim"] = copy.deepcopy(trainer.optimizers[0].state_dict())  # training mutates it
 
     import psp.training as training
 

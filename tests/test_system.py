@@ -2,6 +2,7 @@
 checkpoint hold, the Trainer settings, and a CPU end-to-end run with its run directory."""
 import dataclasses
 import json
+import os
 
 import pytest
 import pytorch_lightning as L
@@ -200,14 +201,13 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
 @pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
 def test_other_loggers(tmp_path, monkeypatch, logger):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "")  # recorded, so the delenv below is undone after the test
+    monkeypatch.delenv("WANDB_MODE")
     out = tmp_path / "run"
     assert run(tiny_config(out, max_steps=2, val_every=2, extra=[f"log.logger={logger}"])) == 0
     if logger == "tensorboard":
         assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     else:
-        import os
-
         assert os.environ["WANDB_MODE"] == "offline"
         run_id = (out / "wandb_run_id").read_text().strip()
         assert list((out / "wandb").glob(f"offline-run-*-{run_id}"))

@@ -86,7 +86,7 @@ def render_parser() -> argparse.ArgumentParser:
     _common_flags(parser)
     parser.add_argument("--checkpoint", help="pSp model file; default: the one recorded in the .pt latents")
     parser.add_argument("--full-resolution", action="store_true",
-                        help="full generator resolution instead of 256x256")
+                        help="the generator's full size instead of the encoder's input size (256)")
     return parser
 
 
@@ -131,22 +131,22 @@ def invert(argv: Sequence[str]) -> int:
     run = Inversion(model, cfg, args.out, device, checkpoint, sha256, quiet=args.quiet,
                     lpips_net=config.loss.lpips_net, lpips_weights=config.loss.lpips_weights)
     run.prepare()
-    summary = _until_io_error(lambda: run.run(jobs, done))
+    summary = _until_io_error(lambda: run.run(jobs, done), "rerun with --resume to continue")
     if summary is None:
         return 1
     print(f"{summary.line('inverted')}; manifest: {args.out / Manifest.NAME}", file=sys.stderr)
     return 0 if summary.failed == 0 else 1
 
 
-def _until_io_error(run: Callable[[], Summary]) -> Optional[Summary]:
+def _until_io_error(run: Callable[[], Summary], hint: str) -> Optional[Summary]:
     """``run()``, or None after reporting an OSError (disk full, a vanished folder, ...).
 
-    Not a bug and not the input's fault: every finished file is intact, so the run can be resumed.
+    Not a bug and not the input's fault: every file finished so far is intact.
     """
     try:
         return run()
     except OSError as exc:
-        print(f"error: {exc}; finished outputs are kept (rerun with --resume to continue)", file=sys.stderr)
+        print(f"error: {exc}; finished outputs are kept ({hint})", file=sys.stderr)
         return None
 
 
@@ -170,7 +170,7 @@ def render(argv: Sequence[str]) -> int:
     model = load_model(checkpoint, device)
     run = Render(model, args.out, device, config.infer.precision, config.infer.batch_size,
                  args.full_resolution, expected_sha256, quiet=args.quiet)
-    summary = _until_io_error(lambda: run.run(jobs))
+    summary = _until_io_error(lambda: run.run(jobs), "rerun to finish")
     if summary is None:
         return 1
     print(summary.line("rendered"), file=sys.stderr)
@@ -184,5 +184,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return render(argv[1:]) if argv[:1] == ["render"] else invert(argv)
     except KeyboardInterrupt:
-        print("interrupted; finished outputs are kept (rerun with --resume to continue)", file=sys.stderr)
+        print("interrupted; finished outputs are kept (infer: rerun with --resume to continue)", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from psp.nets.resnet import ResNet
+from stylegan2.io import safe_load
 
 EMBEDDING_DIM = 512
 
@@ -56,8 +57,7 @@ class ArcFace(nn.Module):
 def load_arcface(path: str, map_location="cpu") -> ArcFace:
     """The released IR-SE-50 recogniser (`model_ir_se50.pth`, TreB1eN/pSp layout) in eval mode,
     with gradients disabled (it is only ever a frozen loss network)."""
-    from psp.nets.official import from_official
-    from stylegan2.io import safe_load
+    from psp.nets.official import from_official  # official.py imports this module for ArcFace
 
     state = safe_load(path, map_location=map_location)
     if not isinstance(state, dict):

@@ -35,7 +35,7 @@ def _downsample_parts(
 
 
 class Shortcut(nn.Module):
-    """Residual branch of the skip path: x [B, in_chs, H, W] -> [B, out_chs, H/stride, W/stride].
+    """The skip path of a residual block: x [B, in_chs, H, W] -> [B, out_chs, H/stride, W/stride].
 
     - in == out, stride 1: identity.
     - in == out, stride s: subsampling by `MaxPool2d(1, s)` (ArcFace's IR unit; it simply keeps every

@@ -80,6 +80,7 @@ class GradualStyleEncoder(nn.Module):
         self.styles = nn.ModuleList(
             StyleBlock(width, style_dim, spatial[self._level(j)]) for j in range(n_styles)
         )
+        self.merged_styles = None
 
     @staticmethod
     def _level(j: int) -> int:
@@ -95,5 +96,7 @@ class GradualStyleEncoder(nn.Module):
             levels.append(_upsample_add(c3, self.lateral1(c2)))
         if self.lateral2 is not None:
             levels.append(_upsample_add(levels[1], self.lateral2(c1)))
+        if self.merged_styles is not None:  # the inference rewrite of psp.nets.fuse.merge_style_blocks
+            return torch.cat([merged(level) for merged, level in zip(self.merged_styles, levels)], dim=1)
         codes = [style(levels[self._level(j)]) for j, style in enumerate(self.styles)]
         return torch.stack(codes, dim=1)

@@ -134,9 +134,11 @@ def _load(ahead_of_time: bool, verbose: bool = False) -> ModuleType:
 
 
 def first_line(err: BaseException) -> str:
-    """``"<Type>: <first non-empty line>"``: compiler errors run to hundreds of lines."""
+    """``"<Type>: <first non-empty line, at most 300 characters>"``: compiler errors run to
+    hundreds of lines."""
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    line = lines[0] if lines else ""
+    return f"{type(err).__name__}: {line if len(line) <= 300 else line[:297] + '...'}"
 
 
 def _compile(name: str, sources: Sequence[str], out: Path, verbose: bool) -> ModuleType:
