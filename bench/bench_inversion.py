@@ -5,51 +5,62 @@
     python bench/bench_inversion.py --device cuda            # GPU: batch 1..64, fp32 and bf16
     python bench/bench_inversion.py --out bench/results/inversion_cpu.json
 
-The model is the FFHQ recipe (IR-SE-50 pyramid encoder, config-f generator) with random weights,
-built by ``PSP.from_config``: the speed does not depend on the weights' values. Each setting is
-timed ``--repeats`` times after ``--warmup`` untimed runs; the median is reported, split into the
-encoder and the generator (+ pooling). Peak memory: on CPU the process's peak resident set (reset
-before each setting through /proc/self/clear_refs where the kernel allows it, else the
-process-wide peak so far); on GPU ``torch.cuda.max_memory_allocated``.
+The model is the FFHQ recipe (IR-SE-50 pyramid encoder, config-f generator) with random weights
+built by ``PSP.from_config`` (speed does not depend on the weights' values). Modes:
 
-SPEC §10 targets on the 2-core CPU machine: the original pSp code takes ~5.4 s at batch 1 and
-~38 s at batch 4 (1024 G); we need >= 1.3x and >= 3x faster.
+- ``ours``: what ``infer.py`` runs: `psp.inversion.prepare_for_inference` (BN folded, merged style
+  blocks, NHWC), NHWC input, ``torch.inference_mode``, the generator's default path, huge pages;
+  once per ``--precisions`` entry (autocast for bf16/fp16);
+- ``psp_like``: the original's algorithms in our code, fp32: the plain encoder on NCHW input under
+  ``torch.no_grad`` and the generator's per-sample grouped convolutions (``fused_modconv=True``).
+  The same-machine baseline; the SPEC §10 figures of the original code itself are in the report too.
+
+Modes are interleaved within each repeat (a busy machine slows them alike), after ``--warmup``
+untimed runs; the median wall time is reported with its encoder / generator split. Peak memory
+per mode: on CPU the process's peak resident set, reset before every call through
+/proc/self/clear_refs (else the process-wide peak); on GPU ``torch.cuda.max_memory_allocated``.
+SPEC §10 (2-core CPU, 1024 G): the original takes ~5.4 s at batch 1 and ~38 s at batch 4, we need
+>= 1.3x and >= 3x; GPU: bf16 throughput >= 2x the original's fp32.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import platform
-import resource
+import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
-import torch
+# Huge pages, as infer.py sets them; read by PyTorch at its first allocation (see bench_generator).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
 
+from bench.common import describe_machine, figure, sync, write_json  # noqa: E402
 from psp.config import load_config  # noqa: E402
+from psp.inversion import prepare_for_inference  # noqa: E402
 from psp.model import PSP  # noqa: E402
 
-# Seconds per batch of the original pSp code on the 2-core CPU machine (SPEC §10), batch -> s.
+# Seconds per batch of the original pSp code on the 2-core CPU machine (SPEC §10), and the targets.
 ORIGINAL_CPU_SECONDS = {1: 5.4, 4: 38.0}
 TARGET_SPEEDUP = {1: 1.3, 4: 3.0}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build_model(size: int, device: torch.device) -> PSP:
-    """The ffhq recipe's model with random weights and a generator of side ``size``."""
+def build_models(size: int, device: torch.device) -> tuple[PSP, torch.nn.Module]:
+    """(the model as infer.py prepares it, a plain copy of its encoder for the psp_like mode)."""
     overrides = [f"model.generator.size={size}", "model.generator.checkpoint=null", "model.encoder.init=null",
                  "model.w_avg.source=estimate", "model.w_avg.n_samples=1000"]
-    config = load_config(["ffhq"], overrides, purpose="infer")
-    return PSP.from_config(config.model).to(device).eval()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    model = PSP.from_config(load_config(["ffhq"], overrides, purpose="infer").model).to(device).eval()
+    plain_encoder = copy.deepcopy(model.encoder)
+    return prepare_for_inference(model), plain_encoder
 
 
 def _reset_peak(device: torch.device) -> bool:
@@ -67,49 +78,98 @@ def _reset_peak(device: torch.device) -> bool:
 def _peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def time_setting(model: PSP, batch: int, precision: str, device: torch.device, repeats: int,
-                 warmup: int) -> dict:
-    """Median seconds of encode and decode for one batch size and precision, and the peak memory."""
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-    x = torch.rand(batch, 3, model.input_size, model.input_size, device=device) * 2 - 1
-    windowed = _reset_peak(device)
-    encode_s, decode_s = [], []
+def inversion_steps(model: PSP, plain_encoder: torch.nn.Module, mode: str, precision: str,
+                    device: torch.device) -> tuple[Callable, Callable]:
+    """(encode, decode) of one mode: x [B,3,256,256] -> codes -> images [B,3,256,256]."""
+    def contexts() -> ExitStack:
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode() if mode == "ours" else torch.no_grad())
+        if AUTOCAST[precision] is not None:
+            stack.enter_context(torch.autocast(device.type, dtype=AUTOCAST[precision]))
+        return stack
+
+    def encode(x):
+        with contexts():
+            if mode == "ours":
+                return model.encode(x.contiguous(memory_format=torch.channels_last))
+            return plain_encoder(x) + model.w_avg
+
+    def decode(codes):
+        model.generator.fused_modconv = None if mode == "ours" else True
+        with contexts():
+            if mode == "ours":
+                return model.decode(codes, resize=True)
+            images, _ = model.generator([codes], input_is_latent=True, randomize_noise=False)
+            return F.adaptive_avg_pool2d(images, (256, 256))  # pSp's face_pool
+
+    return encode, decode
+
+
+def bench_batch(model: PSP, plain_encoder: torch.nn.Module, batch: int, modes: list[tuple[str, str]],
+                device: torch.device, repeats: int, warmup: int) -> list[dict]:
+    """One result per (mode, precision) at ``batch``: median seconds, split, images/s, peak memory."""
+    x = torch.rand(batch, 3, model.input_size, model.input_size, device=device,
+                   generator=torch.Generator(device).manual_seed(batch)) * 2 - 1
+    steps = {key: inversion_steps(model, plain_encoder, *key, device) for key in modes}
+    times = {key: [] for key in modes}
+    peaks = {key: 0.0 for key in modes}
+    windowed = True
     for i in range(warmup + repeats):
-        with torch.inference_mode(), autocast():
-            _sync(device)
+        for key in modes:
+            encode, decode = steps[key]
+            windowed = _reset_peak(device) and windowed
+            sync(device)
             t0 = time.perf_counter()
-            codes = model.encode(x)
-            _sync(device)
+            codes = encode(x)
+            sync(device)
             t1 = time.perf_counter()
-            model.decode(codes, resize=True)
-            _sync(device)
+            decode(codes)
+            sync(device)
             t2 = time.perf_counter()
-        if i >= warmup:
-            encode_s.append(t1 - t0)
-            decode_s.append(t2 - t1)
-    total = [e + d for e, d in zip(encode_s, decode_s)]
-    seconds = statistics.median(total)
-    result = {"batch": batch, "precision": precision, "seconds_per_batch": round(seconds, 4),
-              "encode_s": round(statistics.median(encode_s), 4),
-              "decode_s": round(statistics.median(decode_s), 4),
-              "images_per_s": round(batch / seconds, 3), "peak_mem_mb": round(_peak_mb(device), 1),
-              "memory": ("cuda_max_allocated" if device.type == "cuda"
-                         else "peak_rss" if windowed else "peak_rss_process")}
-    if device.type == "cpu" and model.config.generator.size == 1024 and batch in ORIGINAL_CPU_SECONDS:
-        speedup = ORIGINAL_CPU_SECONDS[batch] / seconds
-        result.update(original_pSp_s=ORIGINAL_CPU_SECONDS[batch], speedup=round(speedup, 2),
-                      target_speedup=TARGET_SPEEDUP[batch], meets_target=speedup >= TARGET_SPEEDUP[batch])
-    return result
+            peaks[key] = max(peaks[key], _peak_mb(device))
+            if i >= warmup:
+                times[key].append((t1 - t0, t2 - t1))
+    model.generator.fused_modconv = None
+    results = []
+    for (mode, precision), walls in times.items():
+        totals = [e + d for e, d in walls]
+        median = statistics.median(totals)
+        results.append({
+            "mode": mode, "precision": precision, "batch": batch, "median_s": round(median, 4),
+            "encode_s": round(statistics.median(e for e, _ in walls), 4),
+            "decode_s": round(statistics.median(d for _, d in walls), 4),
+            "images_per_s": round(batch / median, 4), "wall_s": [round(t, 4) for t in totals],
+            "peak_mem_mb": round(peaks[(mode, precision)], 1),
+            "memory": ("cuda_max_allocated" if device.type == "cuda"
+                       else "peak_rss" if windowed else "peak_rss_process")})
+        r = results[-1]
+        print(f"batch {batch:3d}  {mode:8s} {precision:5s}  {r['median_s']:8.3f} s  (encode {r['encode_s']:.3f}, "
+              f"G {r['decode_s']:.3f})  {r['images_per_s']:8.3f} img/s  peak {r['peak_mem_mb']:.0f} MB",
+              file=sys.stderr, flush=True)
+    return results
+
+
+def speedups(results: list[dict], device: torch.device, size: int) -> list[dict]:
+    """Per batch and precision: ours against psp_like fp32 (and against SPEC's original on CPU)."""
+    out = []
+    baseline = {r["batch"]: r["median_s"] for r in results if r["mode"] == "psp_like"}
+    for r in results:
+        if r["mode"] != "ours":
+            continue
+        entry = {"batch": r["batch"], "precision": r["precision"]}
+        if r["batch"] in baseline:
+            entry["vs_psp_like"] = round(baseline[r["batch"]] / r["median_s"], 3)
+        if device.type == "cpu" and size == 1024 and r["batch"] in ORIGINAL_CPU_SECONDS:
+            entry["vs_spec_original"] = round(ORIGINAL_CPU_SECONDS[r["batch"]] / r["median_s"], 3)
+            entry["target"] = TARGET_SPEEDUP[r["batch"]]
+        out.append(entry)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,42 +178,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-sizes", type=int, nargs="+",
                         help="default: 1 4 on CPU, 1 2 4 8 16 32 64 on GPU")
-    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "fp16"),
-                        help="default: fp32 on CPU, fp32 bf16 on GPU")
+    parser.add_argument("--precisions", nargs="+", choices=tuple(AUTOCAST),
+                        help="of the 'ours' mode; default: fp32 on CPU, fp32 bf16 on GPU")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the psp_like mode")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per setting")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per setting first")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     on_gpu = device.type == "cuda"
     batch_sizes = args.batch_sizes or ([1, 2, 4, 8, 16, 32, 64] if on_gpu else [1, 4])
-    precisions = args.precisions or (["fp32", "bf16"] if on_gpu else ["fp32"])
+    modes = [("ours", p) for p in args.precisions or (["fp32", "bf16"] if on_gpu else ["fp32"])]
+    if not args.no_baseline:
+        modes.append(("psp_like", "fp32"))
 
     torch.manual_seed(0)
-    model = build_model(args.size, device)
-    report = {"benchmark": "inversion", "size": args.size, "input_size": model.input_size,
-              "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "repeats": args.repeats, "warmup": args.warmup, "results": []}
-    for precision in precisions:
-        for batch in batch_sizes:
-            try:
-                result = time_setting(model, batch, precision, device, args.repeats, args.warmup)
-            except torch.OutOfMemoryError:
-                result = {"batch": batch, "precision": precision, "error": "out of memory"}
-                torch.cuda.empty_cache()
-            report["results"].append(result)
-            print(json.dumps(result), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
+    model, plain_encoder = build_models(args.size, device)
+    load_before = os.getloadavg()
+    results = []
+    for batch in batch_sizes:
+        try:
+            results += bench_batch(model, plain_encoder, batch, modes, device, args.repeats, args.warmup)
+        except torch.OutOfMemoryError:
+            results.append({"batch": batch, "error": "out of memory"})
+            torch.cuda.empty_cache()
+    gains = speedups(results, device, args.size)
+    report = {
+        "benchmark": "inversion", "size": args.size, "input_size": model.input_size, "device": device.type,
+        "repeats": args.repeats, "warmup": args.warmup, "machine": describe_machine(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "results": results, "speedups": gains,
+        "figures": [figure(f"inversion/{device.type}/batch{r['batch']}/{r['mode']}-{r['precision']}/{name}",
+                           r[name], unit, better)
+                    for r in results if "error" not in r
+                    for name, unit, better in (("median_s", "s", "lower"), ("images_per_s", "img/s", "higher"),
+                                               ("peak_mem_mb", "MB", "lower"))]
+        + [figure(f"inversion/{device.type}/batch{g['batch']}/{g['precision']}/speedup", g["vs_psp_like"], "x",
+                  "higher") for g in gains if "vs_psp_like" in g],
+    }
+    for g in gains:
+        print("speedup " + ", ".join(f"{k} {v}" for k, v in g.items()), file=sys.stderr)
+    print(json.dumps(report, indent=2, default=str))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_json(args.out, report)
     return 0
 
 

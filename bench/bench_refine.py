@@ -34,6 +34,7 @@ from kornia.metrics import ssim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
 
+from bench.common import write_json  # noqa: E402
 from psp.config import load_config  # noqa: E402
 from psp.data import SyntheticDataset  # noqa: E402
 from psp.model import PSP  # noqa: E402
@@ -131,11 +132,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     results = run(args)
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from bench.common import describe_machine, machine_line, write_json
 
@@ -60,12 +60,13 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        "CPU, small sizes: a few minutes on a 2-core machine (trends, not the SPEC targets)",
-        (Run("generator", "cpu-256", ("--size", "256", "--batch", "1", "4", "--repeats", "3")),
-         Run("encoder", "cpu", ("--device", "cpu", "--batch", "1", "4", "--repeats", "3")),
-         Run("inversion", "cpu-256", ("--device", "cpu", "--size", "256", "--batch-sizes", "1", "4",
+        "CPU, small sizes: about two minutes on an idle 2-core machine (trends, not the SPEC targets)",
+        (Run("generator", "cpu-128", ("--size", "128", "--batch", "1", "4", "--repeats", "2")),
+         Run("encoder", "cpu", ("--device", "cpu", "--batch", "1", "4", "--repeats", "2")),
+         Run("inversion", "cpu-128", ("--device", "cpu", "--size", "128", "--batch-sizes", "1", "4",
                                       "--repeats", "2")),
-         Run("train", "cpu-tiny", ("--device", "cpu", "--preset", "tiny"))),
+         Run("train", "cpu-64", ("--device", "cpu", "--batch", "2", "--steps", "3", "--warmup", "1",
+                                 "--size", "64", "--channel-max", "64", "--input-size", "64"))),
         timeout_s=900),
     "cpu-full": Preset(
         "CPU, the SPEC section 10 setting: 1024 generator, batch 1 and 4 (tens of minutes on 2 cores)",
@@ -80,7 +81,9 @@ PRESETS = {
                                         "--batch", "1", "2", "4", "8", "16", "32", "64", "--repeats", "5")),
          Run("encoder", "cuda", ("--device", "cuda", "--batch", "1", "8", "64", "--repeats", "5")),
          Run("inversion", "cuda-1024", ("--device", "cuda", "--size", "1024", "--repeats", "5")),
-         Run("train", "cuda", ("--device", "cuda", "--batch", "8"))),
+         Run("train", "cuda-1024-fp32", ("--device", "cuda", "--batch", "8", "--steps", "20")),
+         Run("train", "cuda-1024-bf16", ("--device", "cuda", "--batch", "8", "--steps", "20",
+                                         "--precision", "bf16-mixed"))),
         timeout_s=1800),
     "ci": Preset(
         "tests only: tiny sizes, seconds per benchmark, numbers meaningless",
@@ -111,7 +114,7 @@ SKIPPED_KEYS = ("config", "machine", "args", "settings", "figures")
 def _unit(key: str) -> str:
     if "per_s" in key:
         return "1/s"
-    if key.endswith("_s") or key.startswith("seconds"):
+    if key.endswith("_s") or "_s_" in key or key.startswith("seconds"):
         return "s"
     if key.endswith("_ms"):
         return "ms"
@@ -210,11 +213,25 @@ def git_commit() -> Optional[str]:
     return (commit + ("+dirty" if dirty else "")) or None
 
 
-def run_preset(name: str, only: Sequence[str], quiet: bool = False) -> dict:
-    """Every selected run of preset ``name``: the whole results document (module docstring)."""
+def run_preset(name: str, only: Sequence[str], quiet: bool = False,
+               save: Optional[Callable[[dict], None]] = None) -> dict:
+    """Every selected run of preset ``name``: the whole results document (module docstring).
+
+    ``save`` gets the document so far after each run, so an interrupted run keeps what finished.
+    """
     preset = PRESETS[name]
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    machine = describe_machine()
     benchmarks: dict[str, dict] = {}
+
+    def document() -> dict:
+        figures = {f["name"]: {k: f[k] for k in ("value", "unit", "better")}
+                   for entry in benchmarks.values() for result in entry["runs"] for f in result["figures"]}
+        return {"format": FORMAT, "version": FORMAT_VERSION, "preset": name,
+                "description": preset.description, "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "git_commit": git_commit(), "machine": machine, "benchmarks": benchmarks, "figures": figures}
+
     for run in preset.runs:
         if run.benchmark not in only:
             continue
@@ -224,13 +241,9 @@ def run_preset(name: str, only: Sequence[str], quiet: bool = False) -> dict:
         print(f"[bench] {run.benchmark} ({run.tag}): {line}"
               + (f": {result['error']}" if result["error"] else ""), file=sys.stderr, flush=True)
         benchmarks.setdefault(run.benchmark, {"runs": []})["runs"].append(result)
-    figures = {f["name"]: {k: f[k] for k in ("value", "unit", "better")}
-               for entry in benchmarks.values() for result in entry["runs"] for f in result["figures"]}
-    return {"format": FORMAT, "version": FORMAT_VERSION, "preset": name,
-            "description": preset.description, "started": started,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine": describe_machine(),
-            "benchmarks": benchmarks, "figures": figures}
+        if save is not None:
+            save(document())
+    return document()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,8 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results = run_preset(args.preset, only, args.quiet)
     path = args.json or BENCH_DIR / "results" / f"{args.preset}.json"
+    results = run_preset(args.preset, only, args.quiet, save=lambda document: write_json(path, document))
     write_json(path, results)
     statuses = [r["status"] for entry in results["benchmarks"].values() for r in entry["runs"]]
     print(f"{len(results['figures'])} figures from {len(statuses)} run(s) on {machine_line(results['machine'])}; "

@@ -115,7 +115,8 @@ def _load_rosinality(gen_cfg: GeneratorConfig) -> tuple[Generator, Optional[torc
     found = infer_generator_config(generator.state_dict(), source=path)
     for key in ("style_dim", "n_mlp"):
         if found[key] != getattr(gen_cfg, key):
-            raise ValueError(f"config key 'model.generator.{key}' is {getattr(gen_cfg, key)} but {path} has {found[key]}")
+            raise ValueError(f"config key 'model.generator.{key}' is {getattr(gen_cfg, key)} "
+                             f"but {path} has {found[key]}")
     return generator, latent_avg
 
 
@@ -217,8 +218,8 @@ class PSP(nn.Module):
                              "holds no latent_avg; use source=estimate or auto")
         if source == "estimate" or latent_avg is None:
             latent_avg = estimate_w_avg(generator, model_cfg.w_avg.n_samples, seed=gen_cfg.seed)
-        source_name = gen_cfg.checkpoint or "w_avg"
-        model = cls(model_cfg, encoder, generator.eval(), _expand_w_avg(latent_avg, n_styles, gen_cfg.style_dim, source_name))
+        w_avg = _expand_w_avg(latent_avg, n_styles, gen_cfg.style_dim, gen_cfg.checkpoint or "w_avg")
+        model = cls(model_cfg, encoder, generator.eval(), w_avg)
         return model.to(device)
 
     @classmethod
@@ -245,7 +246,8 @@ class PSP(nn.Module):
     def _from_inference_file(cls, ckpt: dict, source: str) -> "PSP":
         version = ckpt.get("version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{source}: inference format version {version!r} is not supported (expected {FORMAT_VERSION})")
+            raise ValueError(f"{source}: inference format version {version!r} is not supported "
+                             f"(expected {FORMAT_VERSION})")
         for key in ("config", "encoder", "w_avg"):
             if key not in ckpt:
                 raise ValueError(f"{source}: missing entry '{key}'")
@@ -270,7 +272,8 @@ class PSP(nn.Module):
         opts = vars(opts) if not isinstance(opts, dict) else opts
         encoder_type = opts.get("encoder_type", "GradualStyleEncoder")
         if encoder_type != "GradualStyleEncoder":
-            raise ValueError(f"{source}: opts['encoder_type']={encoder_type!r} is not supported (only GradualStyleEncoder)")
+            raise ValueError(f"{source}: opts['encoder_type']={encoder_type!r} is not supported "
+                             "(only GradualStyleEncoder)")
         if opts.get("learn_in_w", False):
             raise ValueError(f"{source}: opts['learn_in_w']=True is not supported (W+ encoders only)")
         state = ckpt["state_dict"]
@@ -283,17 +286,21 @@ class PSP(nn.Module):
         output_size = int(opts.get("output_size", 1024))  # pSp's own default for old files
         n_styles = n_styles_for(output_size)
         if opts.get("n_styles", n_styles) != n_styles:
-            raise ValueError(f"{source}: opts['n_styles']={opts['n_styles']} disagrees with output_size {output_size}")
+            raise ValueError(f"{source}: opts['n_styles']={opts['n_styles']} disagrees with "
+                             f"output_size {output_size}")
         gen_found = infer_generator_config(decoder_sd, source=f"{source} (decoder)")
         generator = build_generator(decoder_sd, size=output_size, source=f"{source} (decoder)")
         # pSp saves latent_avg only when it trained with start_from_latent_avg, so its presence is
         # the fallback when an old file's opts lack the flag.
         start = bool(opts.get("start_from_latent_avg", "latent_avg" in ckpt))
         if start and ckpt.get("latent_avg") is None:
-            raise ValueError(f"{source}: opts['start_from_latent_avg'] is set but the file has no latent_avg")
+            raise ValueError(f"{source}: opts['start_from_latent_avg'] is set but the file has no "
+                             "latent_avg")
         style_dim = gen_found["style_dim"]
         latent_avg = ckpt.get("latent_avg")
-        w_avg = torch.zeros(style_dim) if latent_avg is None else latent_avg  # unused when not start
+        # Without a stored average (encoding does not use one then), estimate one for previews
+        # and the W-norm loss; 10k mapping samples take about a second on a CPU.
+        w_avg = estimate_w_avg(generator, 10_000) if latent_avg is None else latent_avg
 
         cfg = ModelConfig(
             encoder=EncoderConfig(block="ir_se", depth=50, input_nc=int(opts.get("input_nc", 3)), input_size=256),
@@ -314,7 +321,8 @@ class PSP(nn.Module):
         instead of the generator weights.
         """
         if self.inference_only:
-            raise ValueError("this model was rewritten by optimize_for_inference() and cannot be saved; save it before")
+            raise ValueError("this model was rewritten by optimize_for_inference() and cannot be saved; "
+                             "save it before optimising")
         path = Path(path)
         ref = None
         if not embed_generator:
@@ -350,7 +358,8 @@ def _load_strict(module: nn.Module, state_dict: Any, source: str) -> None:
         if key not in state_dict:
             raise ValueError(f"{source}: missing key '{key}'")
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise ValueError(f"{source}: key '{key}' has shape {list(state_dict[key].shape)}, expected {list(tensor.shape)}")
+            raise ValueError(f"{source}: key '{key}' has shape {list(state_dict[key].shape)}, "
+                             f"expected {list(tensor.shape)}")
     module.load_state_dict(state_dict, strict=True)
 
 

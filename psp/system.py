@@ -32,6 +32,8 @@ class PSPSystem(L.LightningModule):
     term, the metrics of :meth:`PSPLoss.metrics`, and ``val/baseline_l2`` (L2 of the w_avg image
     against the target, the score of an encoder that always answers "average"). After each
     validation :attr:`preview` holds up to ``log.n_images`` (source, target, output) rows.
+
+    ``lpips_pretrained=False`` leaves the LPIPS trunk random (tests and benchmarks, offline).
     """
 
     def __init__(self, config: Config, lpips_pretrained: bool = True) -> None:
@@ -40,7 +42,8 @@ class PSPSystem(L.LightningModule):
         self.model = PSP.from_config(config.model)
         # Loaded whenever given: with loss.id = 0 it still yields the id_similarity metric.
         arcface = load_arcface(config.loss.id_weights) if config.loss.id_weights else None
-        self.loss = PSPLoss.from_config(config.loss, arcface=arcface, lpips_pretrained=lpips_pretrained)
+        self.loss = PSPLoss.from_config(config.loss, arcface=arcface, lpips_pretrained=lpips_pretrained,
+                                        start_from_latent_avg=config.model.start_from_latent_avg)
         for frozen in self._frozen_modules():
             frozen.requires_grad_(False)
         self.train()

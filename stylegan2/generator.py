@@ -39,8 +39,8 @@ class Generator(nn.Module):
         blur_kernel: FIR taps for the up-sampling blur and the ToRGB skip up-sampling.
         lr_mlp: learning-rate multiplier of the mapping network.
         channel_max: cap on every channel count (small test/demo models); None = rosinality's table.
-        fused_modconv: see `ModulatedConv2d`; None picks per batch (settable later through
-            the `fused_modconv` property).
+        fused_modconv: see `ModulatedConv2d`; None picks the form per layer and call (settable
+            later through the `fused_modconv` property).
         impl: ``stylegan2.ops`` implementation ("auto" | "cuda" | "ref"; None = the ops default).
 
     Attributes: ``size``, ``style_dim``, ``log_size``, ``channels``, ``num_layers`` (noise inputs,

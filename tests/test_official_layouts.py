@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp.model import PSP
+from psp.model import PSP, estimate_w_avg
 from psp.nets.arcface import ArcFace, load_arcface
 from psp.nets.official import from_official, official_key_map, to_official
 from psp.nets.pyramid import GradualStyleEncoder
@@ -272,6 +272,16 @@ def test_official_psp_file_loads_on_cpu_and_matches_the_oracle(psp_file, officia
     # pSp's face_pool: adaptive average pooling to 256 (here it upsamples a 32 px image).
     torch.testing.assert_close(images, F.adaptive_avg_pool2d(expected, 256))
     assert model.decode(codes, resize=False).shape == (1, 3, 32, 32)
+
+
+def test_official_psp_file_without_latent_avg(psp_file):
+    """A pSp model trained without start_from_latent_avg: raw codes, w_avg estimated for previews."""
+    ckpt = torch.load(psp_file[0], weights_only=True)
+    del ckpt["latent_avg"]
+    ckpt["opts"]["start_from_latent_avg"] = False
+    model = PSP._from_official_file(ckpt, "psp_test.pt")
+    assert not model.start_from_latent_avg
+    torch.testing.assert_close(model.w_avg, estimate_w_avg(model.generator, 10_000).expand(N_STYLES, 512))
 
 
 # ---------------------------------------------------------------- ArcFace

@@ -46,10 +46,3 @@ def test_train_then_refuse_overwrite_then_resume(tmp_path, capsys):
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 4
 
-
-def test_resume_auto_on_a_new_directory_starts_fresh(tmp_path, capsys):
-    out = tmp_path / "run"
-    cfg = str(write_tiny_yaml(tmp_path / "tiny.yaml", out, max_steps=2, val_every=2))
-    assert main(["--config", cfg, "--resume", "auto"]) == 0
-    assert "starting a new run" in capsys.readouterr().err
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

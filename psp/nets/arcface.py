@@ -49,7 +49,8 @@ class ArcFace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"ArcFace expects [B, 3, {self.input_size}, {self.input_size}] inputs, got {list(x.shape)}")
+            side = self.input_size
+            raise ValueError(f"ArcFace expects [B, 3, {side}, {side}] inputs, got {list(x.shape)}")
         embedding = self.head(self.backbone(x)[-1])
         return embedding / embedding.norm(p=2, dim=1, keepdim=True)
 

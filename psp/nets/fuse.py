@@ -65,7 +65,8 @@ class MergedStyleLevel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for k in range(self.n_convs):
             groups = 1 if k == 0 else self.groups
-            x = F.leaky_relu(F.conv2d(x, getattr(self, f"weight{k}"), getattr(self, f"bias{k}"), 2, 1, groups=groups), 0.01)
+            weight, bias = getattr(self, f"weight{k}"), getattr(self, f"bias{k}")
+            x = F.leaky_relu(F.conv2d(x, weight, bias, 2, 1, groups=groups), 0.01)
         x = x.reshape(-1, self.groups, self.style_dim)
         return torch.einsum("bgi,goi->bgo", x, self.linear_weight) + self.linear_bias
 
@@ -76,7 +77,7 @@ def merge_style_blocks(encoder: GradualStyleEncoder) -> GradualStyleEncoder:
     place (inference only: `encoder.styles` is removed). Returns the encoder in eval mode."""
     levels: dict[int, list[StyleBlock]] = {}
     for j, block in enumerate(encoder.styles):
-        levels.setdefault(encoder._level(j), []).append(block)
+        levels.setdefault(encoder.style_level(j), []).append(block)
     encoder.merged_styles = nn.ModuleList(MergedStyleLevel(levels[level]) for level in sorted(levels))
     encoder.styles = None
     return encoder.eval()

@@ -88,7 +88,8 @@ def _encoder_modules(encoder: GradualStyleEncoder) -> list[tuple[str, str, str]]
     modules = _backbone_modules(encoder.backbone, "backbone.")
     for j, style in enumerate(encoder.styles):
         # pSp's convs Sequential interleaves LeakyReLU modules: conv k sits at index 2k.
-        modules += [(f"styles.{j}.convs.{2 * k}", f"styles.{j}.convs.{k}", "conv_bias") for k in range(len(style.convs))]
+        modules += [(f"styles.{j}.convs.{2 * k}", f"styles.{j}.convs.{k}", "conv_bias")
+                    for k in range(len(style.convs))]
         modules.append((f"styles.{j}.linear", f"styles.{j}.linear", "linear"))
     for official, ours in _LATERALS:
         if getattr(encoder, ours) is not None:
@@ -148,7 +149,8 @@ def from_official(state_dict: dict, model: Union[ResNet, GradualStyleEncoder, Ar
             raise ValueError(f"{source}: unexpected key '{key}' for the official {type(model).__name__} layout")
         ours = key_map[key]
         if tuple(value.shape) != tuple(expected[ours].shape):
-            raise ValueError(f"{source}: key '{key}' has shape {list(value.shape)}, expected {list(expected[ours].shape)}")
+            raise ValueError(f"{source}: key '{key}' has shape {list(value.shape)}, "
+                             f"expected {list(expected[ours].shape)}")
         out[ours] = value
     for key, ours in key_map.items():
         if ours in out:

@@ -66,7 +66,8 @@ class GradualStyleEncoder(nn.Module):
         c1, c2, c3 = backbone.feature_info[-3:]
         for info in (c1, c2, c3):
             if input_size % info["reduction"]:
-                raise ValueError(f"input_size {input_size} must be divisible by the backbone stride {info['reduction']}")
+                raise ValueError(f"input_size {input_size} must be divisible by the backbone stride "
+                                 f"{info['reduction']}")
         self.backbone = backbone
         self.n_styles = n_styles
         self.style_dim = style_dim
@@ -78,18 +79,19 @@ class GradualStyleEncoder(nn.Module):
         self.lateral2 = nn.Conv2d(c1["num_chs"], width, 1) if n_styles > MIDDLE_END else None
         spatial = [input_size // c3["reduction"], input_size // c2["reduction"], input_size // c1["reduction"]]
         self.styles = nn.ModuleList(
-            StyleBlock(width, style_dim, spatial[self._level(j)]) for j in range(n_styles)
+            StyleBlock(width, style_dim, spatial[self.style_level(j)]) for j in range(n_styles)
         )
         self.merged_styles = None
 
     @staticmethod
-    def _level(j: int) -> int:
+    def style_level(j: int) -> int:
         """Pyramid level of style row j: 0 = C3 (coarse), 1 = P2 (middle), 2 = P1 (fine)."""
         return 0 if j < COARSE_END else 1 if j < MIDDLE_END else 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"encoder expects [B, C, {self.input_size}, {self.input_size}] inputs, got {list(x.shape)}")
+            side = self.input_size
+            raise ValueError(f"encoder expects [B, C, {side}, {side}] inputs, got {list(x.shape)}")
         c1, c2, c3 = self.backbone(x)[-3:]
         levels = [c3]
         if self.lateral1 is not None:
@@ -98,5 +100,5 @@ class GradualStyleEncoder(nn.Module):
             levels.append(_upsample_add(levels[1], self.lateral2(c1)))
         if self.merged_styles is not None:  # the inference rewrite of psp.nets.fuse.merge_style_blocks
             return torch.cat([merged(level) for merged, level in zip(self.merged_styles, levels)], dim=1)
-        codes = [style(levels[self._level(j)]) for j, style in enumerate(self.styles)]
+        codes = [style(levels[self.style_level(j)]) for j, style in enumerate(self.styles)]
         return torch.stack(codes, dim=1)

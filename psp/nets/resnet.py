@@ -34,7 +34,8 @@ def stage_layers(block: str, depth: int, layers: Optional[Sequence[int]] = None)
     if presets is None:
         raise ValueError(f"unknown block {block!r}; expected one of {', '.join(DEPTH_PRESETS)}")
     if depth not in presets:
-        raise ValueError(f"no depth preset {depth} for block {block!r}; expected one of {sorted(presets)} or set layers")
+        raise ValueError(f"no depth preset {depth} for block {block!r}; "
+                         f"expected one of {sorted(presets)} or set layers")
     return list(presets[depth])
 
 
@@ -42,7 +43,8 @@ def resolve_attention(block: str, attention: str) -> str:
     """Attention actually used: "ir_se" means the IR unit with SE, so it accepts only "none"/"se"."""
     if block == "ir_se":
         if attention not in ("none", "se"):
-            raise ValueError(f"block 'ir_se' already has SE attention; attention={attention!r} conflicts (use block 'ir')")
+            raise ValueError(f"block 'ir_se' already has SE attention; attention={attention!r} conflicts "
+                             "(use block 'ir')")
         return "se"
     return attention
 
@@ -178,7 +180,8 @@ class ResNet(nn.Module):
             stride = 2 if reduction < 2 ** (i + 1) else 1
             units = []
             for j in range(n_units):
-                units.append(block_cls(in_chs, out_chs, stride if j == 0 else 1, act_layer, attn_layer, aa_layer, expansion))
+                unit_stride = stride if j == 0 else 1
+                units.append(block_cls(in_chs, out_chs, unit_stride, act_layer, attn_layer, aa_layer, expansion))
                 in_chs = out_chs
             reduction *= stride
             self.stages.append(nn.Sequential(*units))
