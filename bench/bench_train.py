@@ -54,7 +54,8 @@ def build_system(args: argparse.Namespace, device: torch.device) -> PSPSystem:
     """The ffhq recipe with random weights at the requested sizes."""
     config = load_config(["ffhq"], [
         f"model.generator.size={args.size}", f"model.generator.channel_max={args.channel_max}",
-        "model.generator.checkpoint=null", "model.encoder.init=null", f"model.encoder.input_size={args.input_size}",
+        "model.generator.checkpoint=null", "model.encoder.init=null",
+        f"model.encoder.input_size={args.input_size}",
         "model.w_avg.source=estimate", "model.w_avg.n_samples=1000", "loss.id=0", "loss.id_weights=null",
     ])
     system = PSPSystem(config, lpips_pretrained=False)
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
     batch = {"source": x, "target": x}
 
     def step() -> None:
-        autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             _, loss, _ = system.reconstruct(batch)
         optimizer.zero_grad(set_to_none=True)

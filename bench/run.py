@@ -137,7 +137,8 @@ def _is_measure(value) -> bool:
 def extract_figures(report: dict, prefix: str) -> list[dict]:
     """Figures of a script's report, each named ``prefix/...``.
 
-    A report's own ``figures`` list (``bench.common.figure``) is used as is. Otherwise every
+    A report's own ``figures`` list (``bench.common.figure``) is used as is (a leading
+    ``<benchmark>/`` in its names is not repeated). Otherwise every
     finite float becomes a figure named by its path: dict keys joined by ``/`` (a ``results`` key
     left out), and a list item of dicts named by its identifying fields (:func:`_identity`, e.g.
     ``batch=4,mode=default``), so names stay stable when the list's order changes. Lists of
@@ -145,7 +146,9 @@ def extract_figures(report: dict, prefix: str) -> list[dict]:
     higher is better when the key contains one of :data:`HIGHER_IS_BETTER`.
     """
     if isinstance(report.get("figures"), list) and report["figures"]:
-        return [{**f, "name": f"{prefix}/{f['name']}"} for f in report["figures"]]
+        # Scripts often start their names with the benchmark's own: keep it once.
+        benchmark = prefix.split("/")[0] + "/"
+        return [{**f, "name": f"{prefix}/{f['name'].removeprefix(benchmark)}"} for f in report["figures"]]
     figures: list[dict] = []
 
     def walk(node, path: list[str]) -> None:
@@ -265,7 +268,10 @@ def compare(old: dict, new: dict, threshold: float = 0.10) -> tuple[list[dict], 
         before = old_figures.get(name)
         if before is None:
             continue
-        ratio = now["value"] / before["value"] if before["value"] else math.inf
+        if before["value"]:
+            ratio = now["value"] / before["value"]
+        else:  # a zero before (an exact error, say): unchanged, or infinitely larger
+            ratio = 1.0 if now["value"] == 0 else math.inf
         worse = ratio if now.get("better", "lower") == "lower" else (1 / ratio if ratio else math.inf)
         verdict = ("regression" if worse > 1 + threshold else "improved" if worse < 1 / (1 + threshold)
                    else "same")

@@ -110,22 +110,22 @@ class Manifest:
 
     def __init__(self, folder: Path):
         self.path = folder / self.NAME
-        self._file = open(self.path, "a+", encoding="utf-8")
+        self._file = open(self.path, "ab+")
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
             raise
         # A run killed mid-line leaves no newline at the end; start our lines on a fresh one.
-        self._file.seek(0, os.SEEK_END)
-        if self._file.tell() > 0:
-            self._file.seek(self._file.tell() - 1)
-            if self._file.read(1) != "\n":
-                self._file.write("\n")
+        size = self._file.seek(0, os.SEEK_END)
+        if size > 0:
+            self._file.seek(size - 1)
+            if self._file.read(1) != b"\n":
+                self._file.write(b"\n")
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Append ``records`` (one JSON line each) and push them to disk."""
-        self._file.write("".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
+        self._file.write("".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -161,7 +161,8 @@ def run(config: Config, resume: str | None = None) -> int:
                          generator=system.model.generator, w_avg=system.model.w_avg)
     trainer = build_trainer(config, resuming=ckpt_path is not None)
     # The generator and loss nets are in eval mode on purpose (see PSPSystem.train).
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode",
+                            module="pytorch_lightning")
     try:
         trainer.fit(system, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:

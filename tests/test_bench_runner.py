@@ -1,5 +1,6 @@
 """The benchmark runner (python -m bench): one JSON with the machine and every figure, and --compare."""
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,6 @@ from bench.run import compare, extract_figures, format_comparison, main
 
 MACHINE_KEYS = {"cpu", "cpu_count", "usable_cores", "torch", "torch_threads", "cuda_devices", "platform"}
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FIGURE = "generator/cpu-32/device=cpu,batch=1,mode=default/median_s"
 
 
 def _check_schema(results: dict) -> None:
@@ -28,27 +28,47 @@ def _check_schema(results: dict) -> None:
             assert {"tag", "status", "command", "seconds", "report", "figures", "error"} <= set(entry)
 
 
-def test_ci_preset_runs_the_generator_benchmark_and_compares(tmp_path, capsys):
-    previous = tmp_path / "previous.json"
-    previous.write_text(json.dumps({
-        "format": "psp-toolkit/bench", "version": 1, "machine": {"cpu": "another CPU"},
-        "figures": {DEFAULT_FIGURE: {"value": 1e-6, "unit": "s", "better": "lower"},
-                    "generator/gone/median_s": {"value": 1.0, "unit": "s", "better": "lower"}}}))
+def test_ci_preset_runs_the_generator_benchmark(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = main(["--preset", "ci", "--only", "generator", "--json", str(out), "--compare", str(previous),
-                 "--quiet"])
-    printed = capsys.readouterr().out
-    assert code == 3  # ran fine, but 1e-6 s before makes this run a regression
+    assert main(["--preset", "ci", "--only", "generator", "--json", str(out), "--quiet"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
     results = json.loads(out.read_text())
     _check_schema(results)
     assert results["preset"] == "ci" and list(results["benchmarks"]) == ["generator"]
     run = results["benchmarks"]["generator"]["runs"][0]
-    assert run["status"] == "ok" and run["command"][1] == "bench/bench_generator.py"
-    assert run["report"]["benchmark"] == "generator"
-    assert results["figures"][DEFAULT_FIGURE]["unit"] == "s"
-    assert any(name.endswith("/speedup") and f["better"] == "higher" for name, f in results["figures"].items())
-    line = next(line for line in printed.splitlines() if line.startswith(DEFAULT_FIGURE))
-    assert line.endswith("regression  <<")
+    assert run["status"] == "ok" and run["command"][1] == "bench/bench_generator.py" and run["seconds"] > 0
+    assert run["report"] and run["figures"]
+    times = [name for name, f in results["figures"].items() if f["unit"] == "s" and f["better"] == "lower"]
+    assert times and all(name.startswith("generator/cpu-32/") for name in results["figures"])
+    # the same run, 30 % slower on one figure, is a regression on exactly that one
+    slower = json.loads(out.read_text())
+    slower["figures"][times[0]]["value"] *= 1.3
+    rows, _ = compare(results, slower)
+    assert [r["name"] for r in rows if r["verdict"] != "same"] == [times[0]]
+
+
+def test_compare_prints_ratios_and_exits_3_on_a_regression(tmp_path, monkeypatch, capsys):
+    _fake_bench_dir(tmp_path, monkeypatch, """
+        import json, sys
+        path = sys.argv[sys.argv.index("--json") + 1]
+        json.dump({"results": [{"batch": 1, "median_s": 2.0}, {"batch": 4, "median_s": 1.0}]}, open(path, "w"))
+    """)
+    previous = tmp_path / "previous.json"
+    previous.write_text(json.dumps({
+        "format": "psp-toolkit/bench", "version": 1, "machine": {"cpu": "another CPU"},
+        "figures": {"generator/t/batch=1/median_s": {"value": 1.0, "unit": "s", "better": "lower"},
+                    "generator/t/batch=4/median_s": {"value": 1.0, "unit": "s", "better": "lower"},
+                    "generator/gone/median_s": {"value": 1.0, "unit": "s", "better": "lower"}}}))
+    code = main(["--preset", "fake", "--only", "generator", "--json", str(tmp_path / "r.json"),
+                 "--compare", str(previous), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 3
+    lines = printed.splitlines()
+    assert next(x for x in lines if x.startswith("generator/t/batch=1/median_s")).split()[1:] == [
+        "1", "2", "2.000", "regression", "<<"]
+    assert next(x for x in lines if x.startswith("generator/t/batch=4/median_s")).split()[1:] == [
+        "1", "1", "1.000", "same"]
+    assert "2 figures compared, 1 regression(s) beyond 10%" in printed
     assert "1 figure(s) only in the previous run, e.g. generator/gone/median_s" in printed
     assert "machine differs: cpu was 'another CPU'" in printed
 
@@ -83,7 +103,7 @@ def test_a_script_s_own_figures_are_used_as_given(tmp_path, monkeypatch):
     _fake_bench_dir(tmp_path, monkeypatch, """
         import json, sys
         path = sys.argv[sys.argv.index("--json") + 1]
-        figures = [{"name": "fwd/b1", "value": 2.0, "unit": "ms", "better": "lower"}]
+        figures = [{"name": "generator/fwd/b1", "value": 2.0, "unit": "ms", "better": "lower"}]
         json.dump({"figures": figures, "results": [{"batch": 1, "median_s": 9.0}]}, open(path, "w"))
     """)
     out = tmp_path / "r.json"
@@ -122,18 +142,21 @@ def _results(figures: dict, cpu="x") -> dict:
 
 def test_compare_verdicts_follow_each_figure_s_direction():
     old = _results({"t1": (1.0, "lower"), "t2": (1.0, "lower"), "t3": (1.0, "lower"),
-                    "q1": (10.0, "higher"), "q2": (10.0, "higher"), "old_only": (1.0, "lower")})
+                    "q1": (10.0, "higher"), "q2": (10.0, "higher"), "old_only": (1.0, "lower"),
+                    "err0": (0.0, "lower"), "err1": (0.0, "lower")})
     new = _results({"t1": (1.05, "lower"), "t2": (1.2, "lower"), "t3": (0.5, "lower"),
-                    "q1": (8.0, "higher"), "q2": (20.0, "higher"), "new_only": (1.0, "lower")})
+                    "q1": (8.0, "higher"), "q2": (20.0, "higher"), "new_only": (1.0, "lower"),
+                    "err0": (0.0, "lower"), "err1": (1e-5, "lower")})
     rows, notes = compare(old, new, threshold=0.10)
     verdicts = {r["name"]: (r["verdict"], round(r["ratio"], 3)) for r in rows}
     assert verdicts == {"t1": ("same", 1.05), "t2": ("regression", 1.2), "t3": ("improved", 0.5),
-                        "q1": ("regression", 0.8), "q2": ("improved", 2.0)}
+                        "q1": ("regression", 0.8), "q2": ("improved", 2.0),
+                        "err0": ("same", 1.0), "err1": ("regression", math.inf)}
     assert notes == ["1 figure(s) only in the previous run, e.g. old_only",
                      "1 figure(s) only in this run, e.g. new_only"]
     text = format_comparison(rows, notes, 0.10)
-    assert "5 figures compared, 2 regression(s) beyond 10%" in text
-    assert sum(line.endswith("<<") for line in text.splitlines()) == 2
+    assert "7 figures compared, 3 regression(s) beyond 10%" in text
+    assert sum(line.endswith("<<") for line in text.splitlines()) == 3
 
 
 @pytest.mark.parametrize("argv, message", [

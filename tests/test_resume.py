@@ -1,6 +1,7 @@
 """Resuming: Ranger's state round trip, Lightning resume of step/optimiser/logger run, and a real
 SIGTERM'd `train.py` subprocess continued with `--resume auto`."""
 import copy
+import csv
 import io
 import json
 import math
@@ -12,15 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as L
 import torch
 
+import psp.training as training
+from psp.cli import UsageError
 from psp.config import OptimConfig
 from psp.optim import Ranger, build_optimizer
+from psp.training import resolve_resume, run
+from test_system import one_thread, tiny_config, write_tiny_yaml  # noqa: F401  (one_thread: autouse)
 
 ROOT = Path(__file__).resolve().parent.parent
+# One thread per subprocess: see test_system.one_thread.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-from test_system import one_thread  # noqa: E402,F401  (autouse fixture)
 
 
 # -- Ranger -----------------------------------------------------------------------------------
@@ -127,11 +132,6 @@ def test_build_optimizer_choices():
 # -- Lightning resume (in process) ---------------------------------------------------------------
 
 def test_resume_restores_step_optimizer_and_logger_run(tmp_path, monkeypatch):
-    import pytorch_lightning as L
-
-    from psp.training import run
-    from test_system import tiny_config
-
     out = tmp_path / "run"
     config = tiny_config(out, max_steps=4, val_every=2)
     assert run(config) == 0
@@ -145,8 +145,6 @@ def test_resume_restores_step_optimizer_and_logger_run(tmp_path, monkeypatch):
             seen["step"] = trainer.global_step
             seen["optim"] = copy.deepcopy(trainer.optimizers[0].state_dict())  # training mutates it
 
-    import psp.training as training
-
     original = training.build_callbacks
     monkeypatch.setattr(training, "build_callbacks", lambda *args: [*original(*args), Probe()])
     assert run(tiny_config(out, max_steps=6, val_every=2), resume="auto") == 0
@@ -159,23 +157,19 @@ def test_resume_restores_step_optimizer_and_logger_run(tmp_path, monkeypatch):
             assert torch.equal(restored[key], state[key]), key
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
-    csv_steps = (out / "logs" / "csv" / "metrics.csv").read_text()
-    assert len(list((out / "logs").iterdir())) == 1  # the same CSV run, continued
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
-    assert csv_steps.count("\n") > 3
+    assert [p.name for p in (out / "logs").iterdir()] == ["csv"]  # the same CSV run, continued
+    with (out / "logs" / "csv" / "metrics.csv").open() as f:
+        csv_steps = {int(row["step"]) for row in csv.DictReader(f)}
+    assert min(csv_steps) < 4 and max(csv_steps) >= 5
 
 
 def test_resume_auto_without_checkpoint_starts_fresh(tmp_path, capsys):
-    from psp.training import resolve_resume
-
     assert resolve_resume(tmp_path, "auto") is None
     assert "starting a new run" in capsys.readouterr().err
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
-    from psp.cli import UsageError
-    from psp.training import resolve_resume
-
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
     with pytest.raises(UsageError, match="--resume auto"):
@@ -195,13 +189,11 @@ def _metric_steps(path: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_auto_continues(tmp_path):
-    from test_system import write_tiny_yaml
-
     out = tmp_path / "run"
     cfg = write_tiny_yaml(tmp_path / "tiny.yaml", out, max_steps=100000, val_every=3)
-    env = ENV
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(cfg)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     deadline = time.time() + 120
     while not any(s >= 3 for s in _metric_steps(out / "metrics.jsonl")):
         assert proc.poll() is None, proc.stdout.read()
@@ -215,7 +207,7 @@ def test_sigterm_saves_and_resume_auto_continues(tmp_path):
     assert stopped >= 3
 
     target = stopped + 4
-    done = subprocess.run([*cmd, "--resume", "auto", f"train.max_steps={target}"], cwd=tmp_path, env=env,
+    done = subprocess.run([*cmd, "--resume", "auto", f"train.max_steps={target}"], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == target

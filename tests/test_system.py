@@ -69,7 +69,8 @@ class TinyRecogniser(nn.Module):
 
 
 def _frozen_state(system):
-    return {k: v.clone() for k, v in system.state_dict().items() if k.startswith(("model.generator.", "loss."))}
+    frozen = ("model.generator.", "loss.")
+    return {k: v.clone() for k, v in system.state_dict().items() if k.startswith(frozen)}
 
 
 def test_frozen_nets_stay_frozen_through_real_validation(tmp_path):
