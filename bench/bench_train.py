@@ -57,11 +57,13 @@ def build_system(args: argparse.Namespace, device: torch.device) -> PSPSystem:
         "model.generator.checkpoint=null", "model.encoder.init=null",
         f"model.encoder.input_size={args.input_size}",
         "model.w_avg.source=estimate", "model.w_avg.n_samples=1000", "loss.id=0", "loss.id_weights=null",
+        "data.kind=synthetic",  # images are random tensors here; no dataset folders needed
     ])
     system = PSPSystem(config, lpips_pretrained=False)
     # The recipe's identity term, with a random recogniser (the config needs the weights file).
     recipe_loss = dataclasses.replace(config.loss, id=0.1)
-    system.loss = PSPLoss.from_config(recipe_loss, arcface=ArcFace(), lpips_pretrained=False)
+    system.loss = PSPLoss.from_config(recipe_loss, arcface=ArcFace(), lpips_pretrained=False,
+                                      start_from_latent_avg=config.model.start_from_latent_avg)
     return system.to(device).train()
 
 

@@ -24,13 +24,6 @@ TINY = ["model.generator.size=32", "model.generator.channel_max=16", "model.enco
         "model.w_avg.source=estimate", "model.w_avg.n_samples=256"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads on a busy shared CPU wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,6 @@ TINY_GEN = GeneratorConfig(size=32, style_dim=32, n_mlp=2, channel_multiplier=1,
 TINY_ENC = EncoderConfig(layers=[1, 1, 1, 1], widths=[16, 16, 32, 32], input_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**changes) -> ModelConfig:

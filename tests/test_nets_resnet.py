@@ -20,14 +20,6 @@ COMBOS = [c for c in itertools.product(BLOCKS, ATTENTIONS, STEMS, (False, True),
           if not (c[0] == "ir_se" and c[1] == "eca")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: one thread avoids OpenMP spin-waits on a shared 2-core machine
-    (measured 20x faster under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_backbone(block="ir_se", attention="none", stem="conv", anti_alias=False, act="prelu"):

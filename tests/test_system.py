@@ -30,14 +30,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run no faster on two threads, and two OpenMP threads on a busy 2-core machine
-    spin against each other (100x slower); subprocesses get OMP_NUM_THREADS=1 likewise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(out, max_steps=4, val_every=2, extra=()):

@@ -2,8 +2,6 @@
 import argparse
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
