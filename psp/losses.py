@@ -87,13 +87,14 @@ def _backbone_weights_info(net: str) -> tuple[str, str]:
     return url.rsplit("/", 1)[-1], url
 
 
-def resolve_backbone_weights(net: str, weights_path: str | Path | None = None) -> Path:
+def resolve_backbone_weights(net: str, weights_path: str | Path | None = None,
+                             download: bool = True) -> Path:
     """The file holding the ImageNet weights of the LPIPS trunk ``net``.
 
     ``weights_path`` if given (it must exist); else the torch hub cache
     (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth`` for AlexNet), downloading it there
-    when the machine is online, as torchvision would. Offline and uncached: LPIPSWeightsError
-    naming the file and how to provide it.
+    when the machine is online and ``download`` is True, as torchvision would. Offline and
+    uncached (or ``download=False``): LPIPSWeightsError naming the file and how to provide it.
     """
     filename, url = _backbone_weights_info(net)
     if weights_path is not None:
@@ -105,6 +106,9 @@ def resolve_backbone_weights(net: str, weights_path: str | Path | None = None) -
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if cached.is_file():
         return cached
+    if not download:
+        raise LPIPSWeightsError(f"LPIPS backbone {filename} is not in {cached.parent}; set "
+                                f"loss.lpips_weights=/path/to/{filename} to measure LPIPS")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         print(f"LPIPS: downloading {url} to {cached}", file=sys.stderr, flush=True)
@@ -154,13 +158,14 @@ class LPIPSLoss(FrozenModule):
     lpips package and are always loaded.
     """
 
-    def __init__(self, net: str = "alex", weights_path: str | Path | None = None, pretrained: bool = True):
+    def __init__(self, net: str = "alex", weights_path: str | Path | None = None, pretrained: bool = True,
+                 download: bool = True):
         super().__init__()
         import lpips  # imports torchvision; only needed once an LPIPS term is built
 
         # An unknown net or a missing backbone file fails here, before anything is built.
         _backbone_weights_info(net)
-        backbone = resolve_backbone_weights(net, weights_path) if pretrained else None
+        backbone = resolve_backbone_weights(net, weights_path, download) if pretrained else None
         # pnet_rand=True: never let torchvision download on its own; the trunk is filled below.
         with warnings.catch_warnings():  # lpips 0.1.4 still calls torchvision's deprecated `pretrained=`
             warnings.filterwarnings("ignore", message=".*(pretrained|weight enum)", category=UserWarning)
@@ -312,8 +317,8 @@ class PSPLoss(nn.Module):
     def metrics(self, y_hat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Validation metrics whatever the weights: ``l2``, ``lpips`` and ``id_similarity`` (scalars).
 
-        LPIPS is built on first use if its weight is 0 (warning once and leaving ``lpips`` out if
-        its backbone weights are unavailable); ``id_similarity`` is present only when a recogniser
+        LPIPS is built on first use if its weight is 0, from a local or cached backbone only (a
+        metric never triggers a download; without one, ``lpips`` is left out with one warning); ``id_similarity`` is present only when a recogniser
         exists (loss.id > 0, or one was passed in).
         """
         _check_pair(y_hat, y)
@@ -328,7 +333,7 @@ class PSPLoss(nn.Module):
     def _metric_lpips(self, device: torch.device) -> LPIPSLoss | None:
         if self.lpips is None and self._lpips_metric_error is None:
             try:
-                self.lpips = LPIPSLoss(**self.lpips_options).to(device)
+                self.lpips = LPIPSLoss(**self.lpips_options, download=False).to(device)
             except LPIPSWeightsError as exc:
                 self._lpips_metric_error = str(exc)
                 warnings.warn(f"LPIPS metric disabled: {exc}", stacklevel=3)

@@ -268,3 +268,14 @@ def test_metrics_without_lpips_backbone_warns_once(offline):
     with pytest.warns(UserWarning, match="LPIPS metric disabled.*alexnet-owt"):
         assert set(loss.metrics(images(), images())) == {"l2"}
     assert set(loss.metrics(images(), images())) == {"l2"}  # no second attempt, no second warning
+
+
+def test_metrics_never_download_the_lpips_backbone(tmp_path, monkeypatch):
+    """Regression: a metric-only LPIPS (loss.lpips=0) used to try a download in every process."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    calls = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: calls.append(a))
+    loss = PSPLoss({"l2": 1.0})
+    with pytest.warns(UserWarning, match="LPIPS metric disabled"):
+        assert set(loss.metrics(images(), images())) == {"l2"}
+    assert calls == []
