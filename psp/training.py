@@ -152,11 +152,24 @@ def build_trainer(config: Config, resuming: bool = False) -> L.Trainer:
     )
 
 
+def _build_system(config: Config) -> PSPSystem:
+    """The system, with a weights file that does not fit the config reported as a usage error.
+
+    Everything raised here comes from reading user-named files (generator, ArcFace, LPIPS
+    backbone): their loaders raise ValueError/OSError with messages naming the file and key.
+    """
+    try:
+        return PSPSystem(config)
+    except (ValueError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot build the model: {message}") from exc
+
+
 def run(config: Config, resume: str | None = None) -> int:
     """Train (or resume) the run described by ``config``; 0 when done, 143 when stopped by SIGTERM."""
     ckpt_path = resolve_resume(config.train.output_dir, resume)
     L.seed_everything(config.train.seed, workers=True)
-    system = PSPSystem(config)
+    system = _build_system(config)
     data = PSPDataModule(config.data, config.train, config.model.encoder.input_size,
                          generator=system.model.generator, w_avg=system.model.w_avg)
     trainer = build_trainer(config, resuming=ckpt_path is not None)

@@ -21,10 +21,10 @@ from psp.cli import UsageError
 from psp.config import OptimConfig
 from psp.optim import Ranger, build_optimizer
 from psp.training import resolve_resume, run
-from test_system import one_thread, tiny_config, write_tiny_yaml  # noqa: F401  (one_thread: autouse)
+from test_system import tiny_config, write_tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# One thread per subprocess: see test_system.one_thread.
+# One thread per subprocess: see tests/conftest.py.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 

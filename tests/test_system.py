@@ -30,8 +30,6 @@ TINY = [
 ]
 
 
-
-
 def tiny_config(out, max_steps=4, val_every=2, extra=()):
     """A model and run small enough for a 2-core CPU: 32 px generator, [1,1,1,1] encoder."""
     return load_config([], [*TINY, f"train.output_dir={out}", f"train.max_steps={max_steps}",

@@ -8,7 +8,7 @@ import yaml
 
 from psp.cli.train import main
 from test_resume import ENV, ROOT
-from test_system import one_thread, write_tiny_yaml  # noqa: F401  (autouse fixture)
+from test_system import write_tiny_yaml
 
 
 def test_train_py_prints_the_resolved_config(tmp_path):
@@ -46,3 +46,16 @@ def test_train_then_refuse_overwrite_then_resume(tmp_path, capsys):
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 4
 
+
+
+def test_generator_file_that_does_not_fit_the_config_is_one_line(tmp_path, capsys):
+    """A 32 px generator file named in a 64 px config: exit 2, one line naming the file."""
+    from stylegan2 import Generator
+
+    g_file = tmp_path / "g32.pt"
+    torch.save({"g_ema": Generator(32, 32, 2, channel_multiplier=1, channel_max=16).state_dict()}, g_file)
+    cfg = str(write_tiny_yaml(tmp_path / "tiny.yaml", tmp_path / "run"))
+    code = main(["--config", cfg, "model.generator.size=64", f"model.generator.checkpoint={g_file}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "g32.pt" in err[0], err
+    assert not (tmp_path / "run").exists()
