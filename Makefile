@@ -3,16 +3,21 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-all test-cuda build-ops bench demo clean
+.PHONY: setup test test-ddp test-cuda build-ops bench clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -r requirements.lock
+	# --align: MTCNN weights ship in this wheel; its metadata pins an old torch, so no deps.
+	$(BIN)/python -m pip install --no-deps facenet-pytorch==2.6.0
 	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 
 test:
 	$(BIN)/python -m pytest -q
+
+test-ddp:
+	$(BIN)/python -m pytest -q -m ddp -p no:cacheprovider
 
 test-cuda:
 	$(BIN)/python -m pytest -q -m cuda

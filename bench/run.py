@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -177,7 +178,11 @@ def extract_figures(report: dict, prefix: str) -> list[dict]:
 
 def run_one(run: Run, timeout_s: int, quiet: bool = False) -> dict:
     """Run one script in a subprocess: ``{"tag", "status", "command", "seconds", "report",
-    "figures", "error"}`` with status ``ok``, ``failed``, ``timeout`` or ``missing``."""
+    "figures", "error"}`` with status ``ok``, ``failed``, ``timeout`` or ``missing``.
+
+    The script's output (stdout and stderr) is echoed to stderr as it comes unless ``quiet``; its
+    last line becomes ``error`` when it fails.
+    """
     script = BENCH_DIR / f"bench_{run.benchmark}.py"
     entry = {"tag": run.tag, "status": "ok", "command": None, "seconds": None, "report": None,
              "figures": [], "error": None}
@@ -188,20 +193,42 @@ def run_one(run: Run, timeout_s: int, quiet: bool = False) -> dict:
         command = [sys.executable, str(script), *run.args, OUTPUT_FLAG[run.benchmark], str(out)]
         entry["command"] = [Path(command[0]).name, os.path.relpath(script, ROOT), *command[2:-1], "<json>"]
         start = time.perf_counter()
-        try:
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {**entry, "status": "timeout", "seconds": timeout_s, "error": f"killed after {timeout_s} s"}
+        returncode, last_line, timed_out = _run_echoing(command, timeout_s, quiet)
         entry["seconds"] = round(time.perf_counter() - start, 2)
-        if not quiet and done.stderr:
-            sys.stderr.write(done.stderr)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {**entry, "status": "failed", "error": f"exit code {done.returncode}: {tail[0]}"}
-        if not out.is_file():
-            return {**entry, "status": "failed", "error": f"wrote no JSON ({OUTPUT_FLAG[run.benchmark]} ignored?)"}
-        report = json.loads(out.read_text())
+        if timed_out:
+            return {**entry, "status": "timeout", "error": f"killed after {timeout_s} s (preset limit)"}
+        if returncode != 0:
+            return {**entry, "status": "failed", "error": f"exit code {returncode}: {last_line or 'no output'}"}
+        try:
+            report = json.loads(out.read_text())
+        except FileNotFoundError:
+            return {**entry, "status": "failed", "error": f"wrote no JSON (does it take {OUTPUT_FLAG[run.benchmark]}?)"}
+        except (OSError, json.JSONDecodeError) as exc:
+            return {**entry, "status": "failed", "error": f"unreadable JSON report ({exc})"}
     return {**entry, "report": report, "figures": extract_figures(report, f"{run.benchmark}/{run.tag}")}
+
+
+def _run_echoing(command: list[str], timeout_s: int, quiet: bool) -> tuple[int, str, bool]:
+    """(exit code, last non-empty output line, timed out) of ``command`` run from the repository root."""
+    killed = threading.Event()
+    last_line = ""
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as process:
+        def kill() -> None:
+            killed.set()
+            process.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            for line in process.stdout:
+                if not quiet:
+                    sys.stderr.write(line)
+                last_line = line.strip() or last_line
+            returncode = process.wait()
+        finally:
+            timer.cancel()
+    return returncode, last_line, killed.is_set()
 
 
 def git_commit() -> Optional[str]:

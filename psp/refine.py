@@ -13,7 +13,7 @@ Noise. By default the noise inputs stay at the generator's stored ``noises.noise
 same deterministic maps every decode uses, so the refined codes alone reproduce the refined image
 from a saved latent file ("noise-free" refinement). ``optimize_noise=True`` also fits per-image noise
 maps, regularised as in the StyleGAN2 projector (no spatial autocorrelation at any scale; maps
-renormalised to zero mean, unit variance after each step). It fits finer detail, but the codes are
+renormalised to zero mean, unit variance after each step). It can fit finer detail, but the codes are
 then only right together with those maps: use :func:`refine` to get them, not :func:`refine_codes`.
 
 Gradients. Refinement runs under ``torch.enable_grad()`` and ``torch.inference_mode(False)``, and

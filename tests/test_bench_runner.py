@@ -99,6 +99,17 @@ def test_failed_and_missing_scripts_are_recorded_and_the_rest_runs(tmp_path, mon
     assert results["figures"] == {}
 
 
+def test_a_script_past_the_preset_s_time_limit_is_killed(tmp_path, monkeypatch):
+    _fake_bench_dir(tmp_path, monkeypatch, """
+        import time
+        print("working", flush=True)
+        time.sleep(60)
+    """)
+    result = bench_run.run_one(bench_run.Run("generator", "t", ()), timeout_s=1, quiet=True)
+    assert result["status"] == "timeout" and result["seconds"] < 30
+    assert result["error"] == "killed after 1 s (preset limit)"
+
+
 def test_a_script_s_own_figures_are_used_as_given(tmp_path, monkeypatch):
     _fake_bench_dir(tmp_path, monkeypatch, """
         import json, sys

@@ -11,7 +11,7 @@ from test_resume import ENV, ROOT
 from test_system import write_tiny_yaml
 
 
-@pytest.mark.slow
+@pytest.mark.ddp
 def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "run"
     cfg = write_tiny_yaml(tmp_path / "tiny.yaml", out, max_steps=4, val_every=2)

@@ -237,6 +237,36 @@ def test_metrics_get_worse_with_more_noise():
     assert scores["ms_ssim"][0] > scores["ms_ssim"][1] > scores["ms_ssim"][2]
 
 
+def _ms_ssim_oracle(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Zhao et al.'s MS-SSIM from its definition, float64: five Gaussians (sigma 0.5..8) at full
+    resolution, 33-tap windows, zero padding 16; luminance at the coarsest scale times the product
+    of contrast-structure terms, averaged over channels and pixels. x, y [B, C, H, W] in [0, 1] -> [B]."""
+    x, y = x.double(), y.double()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    taps = torch.arange(33, dtype=torch.float64) - 16
+    product, luminance = 1.0, None
+    for sigma in (0.5, 1.0, 2.0, 4.0, 8.0):
+        g = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+        window = torch.outer(g, g) / torch.outer(g, g).sum()
+        window = window.expand(x.shape[1], 1, 33, 33)
+
+        def blur(t):
+            return F.conv2d(t, window, padding=16, groups=x.shape[1])
+
+        mx, my = blur(x), blur(y)
+        vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+        product = product * (2 * cov + c2) / (vx + vy + c2)
+        luminance = (2 * mx * my + c1) / (mx ** 2 + my ** 2 + c1)
+    return (luminance * product).mean(dim=(1, 2, 3))
+
+
+def test_ms_ssim_is_the_full_resolution_definition():
+    y = _images(batch=2, size=40)
+    y_hat = (y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(2))).clamp(-1, 1)
+    ours = ReconstructionMetrics()(y_hat, y)["ms_ssim"]
+    assert torch.allclose(ours.double(), _ms_ssim_oracle((y_hat + 1) / 2, (y + 1) / 2), atol=1e-5)
+
+
 def test_l2_is_the_mean_square_in_minus_one_to_one_units():
     y = torch.zeros(2, 3, 4, 4, dtype=torch.float64)
     y_hat = y.clone()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from psp.cli import UsageError, report_user_errors
@@ -41,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(config), end="")
         return 0
     # Imported here so --help, --print-config and config errors answer without loading torch.
+    import torch.distributed as dist
+
     from psp.training import run
 
-    return run(config, resume=args.resume)
+    code = run(config, resume=args.resume)
+    if dist.is_available() and dist.is_initialized():
+        # DDP ranks were seen spinning forever in the interpreter's final garbage collection after
+        # training had finished and every file was written; leave without that finalisation.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
