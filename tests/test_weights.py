@@ -1,4 +1,5 @@
-"""Safe checkpoint IO as the psp package uses it (SPEC §7)."""
+"""Safe checkpoint IO as the psp package uses it (SPEC §7); the crafted-pickle attack on a torch
+file itself is in test_stylegan2_io.py."""
 import argparse
 import os
 import pickle
@@ -7,33 +8,13 @@ import pytest
 import torch
 
 from psp.weights import CheckpointFormatError, UnsafeCheckpointError, safe_load
-
-
-class _RunsACommand:
-    """Unpickling this object would run a shell command that creates a marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_crafted_pickle_is_refused_and_never_executes(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _RunsACommand(marker)}, path)
-    with pytest.raises(UnsafeCheckpointError) as err:
-        safe_load(path)
-    assert not marker.exists()
-    message = str(err.value)
-    assert str(path) in message and "execute code" in message and "\n" not in message
+from test_stylegan2_io import RunsACommand
 
 
 def test_plain_pickle_file_is_refused_too(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps(_RunsACommand(marker)))
+    path.write_bytes(pickle.dumps(RunsACommand(marker)))
     with pytest.raises((UnsafeCheckpointError, CheckpointFormatError)):
         safe_load(path)
     assert not marker.exists()
