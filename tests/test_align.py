@@ -17,15 +17,6 @@ COFFEE = Path(skimage_data.__file__).parent / "coffee.png"  # CC0, a photo with 
 UPRIGHT = np.array([[80.0, 100.0], [120.0, 100.0], [100.0, 120.0], [84.0, 144.0], [116.0, 144.0]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # MTCNN's small convolutions run fastest on one thread; two on a busy 2-core machine spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rotate(points: np.ndarray, degrees: float, centre: np.ndarray) -> np.ndarray:
     t = np.deg2rad(degrees)
     r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])

@@ -11,15 +11,6 @@ from stylegan2 import Generator
 SIZE, STYLE_DIM = 32, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tensors this small run fastest on one thread; two threads on a busy 2-core machine spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(1)
