@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# psp-toolkit images; usage in docs/readme/deploy.md. One recipe, two flavours:
+# psp-toolkit images; usage in the README, section "Docker". One recipe, two flavours:
 #   GPU, for clusters (default):  docker build -t psp-toolkit .
 #   CPU, for inference only:      docker build --build-arg FLAVOR=cpu -t psp-toolkit:cpu .
 # Every RUN is a plain command that also works outside Docker. The Python install is `make setup`:
@@ -49,7 +49,8 @@ WORKDIR /app
 # Dependencies first, so this layer is rebuilt only when requirements.lock changes.
 COPY requirements.lock /app/
 RUN python -m pip install --upgrade pip \
- && python -m pip install -r requirements.lock
+ && python -m pip install -r requirements.lock \
+ && python -m pip install --no-deps facenet-pytorch==2.6.0
 
 COPY . /app
 RUN python -m pip install --no-deps --no-build-isolation -e .

@@ -1,4 +1,4 @@
-"""Train a pSp encoder: ``python train.py --config ffhq [key=value ...]`` (see docs/readme/training.md)."""
+"""Train a pSp encoder: ``python train.py --config ffhq [key=value ...]`` (see the README, section "Training")."""
 from psp.cli.train import main
 
 raise SystemExit(main())

@@ -449,7 +449,7 @@ def _settings(args: argparse.Namespace, mode: str, metric_names: Sequence[str]) 
 
 def build_report(mode: str, args: argparse.Namespace, metric_names: Sequence[str],
                  results: dict[str, Scores]) -> dict:
-    """The content of metrics.json (schema in docs/readme/evaluate.md). The headline ``metrics``,
+    """The content of metrics.json (schema in the README, "Evaluation" / "Outputs"). The headline ``metrics``,
     ``seconds_per_image`` and ``failed`` are those of the last method (the full inversion)."""
     names = [*metric_names, "latent_mse"]
     table = summary_table(results, names)
