@@ -90,8 +90,12 @@ PRESETS = {
         "tests only: tiny sizes, seconds per benchmark, numbers meaningless",
         (Run("generator", "cpu-32", ("--size", "32", "--channel-multiplier", "1", "--batch", "1",
                                      "--repeats", "1", "--warmup", "1", "--threads", "1")),
+         Run("encoder", "cpu", ("--device", "cpu", "--batch", "1", "--repeats", "1", "--warmup", "1",
+                                "--threads", "1")),
          Run("inversion", "cpu-32", ("--device", "cpu", "--size", "32", "--batch-sizes", "1",
-                                     "--repeats", "1", "--warmup", "0", "--threads", "1"))),
+                                     "--repeats", "1", "--warmup", "0", "--threads", "1")),
+         Run("train", "cpu-32", ("--device", "cpu", "--batch", "1", "--steps", "1", "--warmup", "1",
+                                 "--size", "32", "--channel-max", "32", "--input-size", "64"))),
         timeout_s=300),
 }
 

@@ -151,7 +151,7 @@ class InferConfig:
     format: str = _f("pt", "latent file format", ("pt", "npy"))
     num_workers: int = _f(2, "image-decoding worker processes")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = _f("fp32", "inference precision (bf16/fp16 on GPU)", ("fp32", "bf16", "fp16"))
+    precision: str = _f("fp32", "inference precision (bf16 on CPU or GPU, fp16 on GPU only)", ("fp32", "bf16", "fp16"))
     save_images: bool = _f(False, "also write reconstructions")
     side_by_side: bool = _f(False, "reconstructions as input | output pairs")
     refine_steps: int = _f(0, "optimise W+ from the encoder's answer for N steps (0 = off)")

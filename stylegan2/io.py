@@ -22,6 +22,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 SAFE_GLOBALS = (argparse.Namespace,)
 
 
+# What a user can do about a file torch.load cannot parse.
+_FORMAT_HINT = "; a truncated download or a file of another format? download it again or check the path"
+
+
 class UnsafeCheckpointError(ValueError):
     """The file needs arbitrary code (a non-allow-listed global) to load."""
 
@@ -54,11 +58,11 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
                 "pickle can execute code while loading; only tensors, plain containers and "
                 "argparse.Namespace are allowed (re-save the file with state dicts only)") from None
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
-                                    f"({_unpickling_reason(err)})") from None
+                                    f"({_unpickling_reason(err)}){_FORMAT_HINT}") from None
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, struct.error,
             zipfile.BadZipFile) as err:
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
-                                    f"({type(err).__name__}: {_first_line(err)})") from None
+                                    f"({type(err).__name__}: {_first_line(err)}){_FORMAT_HINT}") from None
 
 
 def _unpickling_reason(err: pickle.UnpicklingError) -> str:

@@ -28,18 +28,21 @@ def _check_schema(results: dict) -> None:
             assert {"tag", "status", "command", "seconds", "report", "figures", "error"} <= set(entry)
 
 
-def test_ci_preset_runs_the_generator_benchmark(tmp_path, capsys):
+def test_ci_preset_runs_every_benchmark_into_one_json(tmp_path, capsys):
     out = tmp_path / "results.json"
-    assert main(["--preset", "ci", "--only", "generator", "--json", str(out), "--quiet"]) == 0
+    assert main(["--preset", "ci", "--json", str(out), "--quiet"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     results = json.loads(out.read_text())
     _check_schema(results)
-    assert results["preset"] == "ci" and list(results["benchmarks"]) == ["generator"]
-    run = results["benchmarks"]["generator"]["runs"][0]
-    assert run["status"] == "ok" and run["command"][1] == "bench/bench_generator.py" and run["seconds"] > 0
-    assert run["report"] and run["figures"]
+    assert results["preset"] == "ci" and list(results["benchmarks"]) == list(bench_run.BENCHMARKS)
+    for name, benchmark in results["benchmarks"].items():
+        run = benchmark["runs"][0]
+        assert run["status"] == "ok", run["error"]
+        assert run["command"][1] == f"bench/bench_{name}.py" and run["seconds"] > 0 and run["report"]
+        assert any(figure.startswith(f"{name}/") for figure in results["figures"]), name
+    assert results["figures"]["train/cpu-32/step_time_s_median"]["unit"] == "s"
+    assert results["figures"]["train/cpu-32/peak_memory_mb"]["better"] == "lower"
     times = [name for name, f in results["figures"].items() if f["unit"] == "s" and f["better"] == "lower"]
-    assert times and all(name.startswith("generator/cpu-32/") for name in results["figures"])
     # the same run, 30 % slower on one figure, is a regression on exactly that one
     slower = json.loads(out.read_text())
     slower["figures"][times[0]]["value"] *= 1.3
