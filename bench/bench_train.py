@@ -8,8 +8,16 @@ as the released ones. Images are random too, so data loading is not measured.
     python bench/bench_train.py --batch 8 --steps 20 --json bench/train_gpu.json       # GPU, full recipe
     python bench/bench_train.py --batch 2 --steps 5 --size 256 --device cpu            # CPU, smaller G
 
+Modes (``--mode``, default ``both``: each in its own process, then the ratios):
+
+- ``ours``: the training step as ``train.py`` runs it, at ``--precision``;
+- ``psp_like``: the original pSp loop's algorithms in our code, always fp32: the generator's
+  per-sample grouped convolutions (``fused_modconv=True``, as rosinality's model) and NCHW tensors.
+  The same-machine baseline for the SPEC's training target (1.5x faster per step at batch 8, with
+  equal or lower peak memory).
+
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak resident set size
-on the CPU (which includes the Python runtime and the models).
+on the CPU (which includes the Python runtime and the models); a process per mode keeps both clean.
 """
 from __future__ import annotations
 
@@ -20,7 +28,9 @@ import json
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import figure  # noqa: E402
 from psp.config import load_config  # noqa: E402
 from psp.losses import PSPLoss  # noqa: E402
 from psp.nets.arcface import ArcFace  # noqa: E402
@@ -46,12 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, default=256, help="encoder input side (ffhq: 256)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="32")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--mode", choices=("ours", "psp_like", "both"), default="both",
+                        help="both (default) runs ours and psp_like in separate processes and compares")
     parser.add_argument("--json", type=Path, help="also write the result here")
     return parser.parse_args(argv)
 
 
 def build_system(args: argparse.Namespace, device: torch.device) -> PSPSystem:
-    """The ffhq recipe with random weights at the requested sizes."""
+    """The ffhq recipe with random weights at the requested sizes (``psp_like``: grouped convs)."""
     config = load_config(["ffhq"], [
         f"model.generator.size={args.size}", f"model.generator.channel_max={args.channel_max}",
         "model.generator.checkpoint=null", "model.encoder.init=null",
@@ -64,17 +77,19 @@ def build_system(args: argparse.Namespace, device: torch.device) -> PSPSystem:
     recipe_loss = dataclasses.replace(config.loss, id=0.1)
     system.loss = PSPLoss.from_config(recipe_loss, arcface=ArcFace(), lpips_pretrained=False,
                                       start_from_latent_avg=config.model.start_from_latent_avg)
+    if args.mode == "psp_like":
+        system.model.generator.fused_modconv = True
     return system.to(device).train()
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict:
+    """Time ``args.steps`` training steps of one mode in this process."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(0)
     system = build_system(args, device)
     optimizer = system.configure_optimizers()
-    dtype = PRECISIONS[args.precision]
+    dtype = PRECISIONS[args.precision] if args.mode == "ours" else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     x = torch.rand(args.batch, 3, args.input_size, args.input_size, device=device) * 2 - 1
     batch = {"source": x, "target": x}
@@ -109,16 +124,54 @@ def main(argv=None) -> dict:
     else:
         peak_mb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
     median = statistics.median(times)
-    result = {
-        "benchmark": "train_step", "recipe": "ffhq", "device": torch.cuda.get_device_name(device)
+    return {
+        "benchmark": "train_step", "recipe": "ffhq", "mode": args.mode, "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
                                      f"{torch.get_num_threads()} threads)",
         "torch": torch.__version__, "batch": args.batch, "generator_size": args.size,
-        "channel_max": args.channel_max, "input_size": args.input_size, "precision": args.precision,
+        "channel_max": args.channel_max, "input_size": args.input_size,
+        "precision": args.precision if args.mode == "ours" else "32",
         "steps": args.steps, "step_time_s_median": round(median, 4),
         "step_time_s": [round(t, 4) for t in times], "images_per_s": round(args.batch / median, 3),
         "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind,
     }
+
+
+def measure_in_subprocess(args: argparse.Namespace, mode: str) -> dict:
+    """:func:`measure` for ``mode`` in a fresh interpreter (a clean peak-memory counter)."""
+    settings = ["--batch", args.batch, "--steps", args.steps, "--warmup", args.warmup, "--size", args.size,
+                "--channel-max", args.channel_max, "--input-size", args.input_size,
+                "--precision", args.precision, "--device", args.device, "--mode", mode]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        subprocess.run([sys.executable, __file__, *map(str, settings), "--json", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def compare_modes(args: argparse.Namespace) -> dict:
+    """Both modes, each in its own process, and ours against psp_like."""
+    ours, baseline = (measure_in_subprocess(args, mode) for mode in ("ours", "psp_like"))
+    speedup = baseline["step_time_s_median"] / ours["step_time_s_median"]
+    memory_ratio = ours["peak_memory_mb"] / baseline["peak_memory_mb"]
+    tag = f"batch{args.batch}/{ours['precision']}"
+    return {
+        "benchmark": "train_step", "recipe": "ffhq", "results": [ours, baseline],
+        "speedup_vs_psp_like": round(speedup, 3), "peak_memory_ratio_vs_psp_like": round(memory_ratio, 3),
+        "target": {"speedup": 1.5, "peak_memory_ratio": 1.0, "applies_to": "one CUDA GPU at batch 8"},
+        "figures": [
+            figure(f"train/{tag}/ours/step_time_s_median", ours["step_time_s_median"], "s"),
+            figure(f"train/{tag}/psp_like/step_time_s_median", baseline["step_time_s_median"], "s"),
+            figure(f"train/{tag}/ours/peak_memory_mb", ours["peak_memory_mb"], "MB"),
+            figure(f"train/{tag}/speedup_vs_psp_like", speedup, "x", "higher"),
+            figure(f"train/{tag}/peak_memory_ratio_vs_psp_like", memory_ratio, "x", "lower"),
+        ],
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = compare_modes(args) if args.mode == "both" else measure(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -6,6 +6,8 @@ import os
 # subprocesses started by tests inherit it through the environment.
 os.environ["OMP_NUM_THREADS"] = "1"
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -26,3 +28,21 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# Overrides of a tiny pSp model (32 px generator, 4-stage encoder of width 8..64): builds in a second.
+TINY_PSP = ["model.generator.size=32", "model.generator.channel_max=16", "model.encoder.layers=[1,1,1,1]",
+            "model.encoder.widths=[8,16,32,64]", "model.encoder.input_size=32",
+            "model.w_avg.source=estimate", "model.w_avg.n_samples=256"]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny random pSp model file in our format (``PSP.save``), made once per session."""
+    from psp.config import load_config
+    from psp.model import PSP
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
+    PSP.from_config(load_config([], TINY_PSP, purpose="infer").model).save(path)
+    return path

@@ -40,8 +40,12 @@ def test_ci_preset_runs_every_benchmark_into_one_json(tmp_path, capsys):
         assert run["status"] == "ok", run["error"]
         assert run["command"][1] == f"bench/bench_{name}.py" and run["seconds"] > 0 and run["report"]
         assert any(figure.startswith(f"{name}/") for figure in results["figures"]), name
-    assert results["figures"]["train/cpu-32/step_time_s_median"]["unit"] == "s"
-    assert results["figures"]["train/cpu-32/peak_memory_mb"]["better"] == "lower"
+    train = results["figures"]
+    assert train["train/cpu-32/batch1/32/ours/step_time_s_median"]["unit"] == "s"
+    assert train["train/cpu-32/batch1/32/ours/peak_memory_mb"]["better"] == "lower"
+    assert train["train/cpu-32/batch1/32/speedup_vs_psp_like"]["better"] == "higher"
+    modes = [r["mode"] for r in results["benchmarks"]["train"]["runs"][0]["report"]["results"]]
+    assert modes == ["ours", "psp_like"]
     times = [name for name, f in results["figures"].items() if f["unit"] == "s" and f["better"] == "lower"]
     # the same run, 30 % slower on one figure, is a regression on exactly that one
     slower = json.loads(out.read_text())

@@ -11,26 +11,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from psp.config import load_config
 from psp.eval_report import Extremes, draw_report
 from psp.evaluate import main
 from psp.losses import LPIPSLoss
 from psp.metrics import ReconstructionMetrics, l2_per_image, summarize
-from psp.model import PSP
 
-TINY = ["model.generator.size=32", "model.generator.channel_max=16", "model.encoder.layers=[1,1,1,1]",
-        "model.encoder.widths=[8,16,32,64]", "model.encoder.input_size=32",
-        "model.w_avg.source=estimate", "model.w_avg.n_samples=256"]
 SCHEMA_KEYS = {"format", "version", "mode", "created", "checkpoint", "config", "machine", "method", "n_images",
                "n_failed", "metrics", "seconds_per_image", "table", "table_markdown", "definitions", "failed"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
-    PSP.from_config(load_config([], TINY, purpose="infer").model).save(path)
-    return path
 
 
 def _photo(path: Path, seed: int, size=(40, 40)) -> Path:

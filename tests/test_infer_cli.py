@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_PSP
 from psp.cli.infer import main
 from psp.config import load_config
 from psp.images import load_rgb, to_tensor
@@ -19,19 +20,8 @@ from psp.model import PSP
 from psp.outputs import load_latent
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.generator.size=32", "model.generator.channel_max=16", "model.encoder.layers=[1,1,1,1]",
-        "model.encoder.widths=[8,16,32,64]", "model.encoder.input_size=32",
-        "model.w_avg.source=estimate", "model.w_avg.n_samples=256"]
 
 
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
-    PSP.from_config(load_config([], TINY, purpose="infer").model).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +264,7 @@ def test_existing_manifest_needs_resume(photos, checkpoint, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     other = tmp_path / "other.pt"
     torch.manual_seed(1)
-    PSP.from_config(load_config([], TINY, purpose="infer").model).save(other)
+    PSP.from_config(load_config([], TINY_PSP, purpose="infer").model).save(other)
     assert infer(photos / "a.jpg", "--out", out, "--checkpoint", other, "--resume", "--workers", 0) == 2
     assert "checkpoint sha256" in capsys.readouterr().err
     assert (out / "manifest.jsonl").read_text() == manifest
