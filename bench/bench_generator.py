@@ -27,7 +27,6 @@ SPEC §10 targets (2-core CPU, 1024, the original takes ~3.6 s at batch 1 and ~3
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
 
+from bench.common import load_reference, sync  # noqa: E402
 from stylegan2 import Generator  # noqa: E402
 from stylegan2.ops import active_impl, bias_act, setup_filter, upfirdn2d  # noqa: E402
 
@@ -72,29 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_reference(directory: Path, size: int, channel_multiplier: int) -> torch.nn.Module:
-    """rosinality's ``Generator`` from ``directory/model.py`` (its ``op`` import resolved there)."""
-    model_py = directory / "model.py"
-    if not model_py.is_file():
-        raise SystemExit(f"--reference: no model.py in {directory}")
-    sys.path.insert(0, str(directory))
-    spec = importlib.util.spec_from_file_location("reference_stylegan2_model", model_py)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Generator(size, 512, 8, channel_multiplier=channel_multiplier)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_runs(run: Callable[[], object], device: torch.device) -> Dict[str, float]:
     """Wall and process-CPU seconds of ``run()``."""
-    _sync(device)
+    sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     run()
-    _sync(device)
+    sync(device)
     return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 

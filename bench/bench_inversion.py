@@ -14,6 +14,9 @@ built by ``PSP.from_config`` (speed does not depend on the weights' values). Mod
 - ``psp_like``: the original's algorithms in our code, fp32: the plain encoder on NCHW input under
   ``torch.no_grad`` and the generator's per-sample grouped convolutions (``fused_modconv=True``).
   The same-machine baseline; the SPEC §10 figures of the original code itself are in the report too.
+- ``original`` (with ``--reference DIR``): the original code's inversion on this machine: the
+  plain encoder as in ``psp_like`` (pSp's encoder is the same algorithm) and rosinality's own
+  ``DIR/model.py`` generator with its CPU ops, loaded with the same weights, then pSp's pooling.
 
 Modes are interleaved within each repeat (a busy machine slows them alike), after ``--warmup``
 untimed runs; the median wall time is reported with its encoder / generator split. Peak memory
@@ -43,7 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
 
-from bench.common import describe_machine, figure, sync, write_json  # noqa: E402
+from bench.common import describe_machine, figure, load_reference, sync, write_json  # noqa: E402
 from psp.config import load_config  # noqa: E402
 from psp.inversion import prepare_for_inference  # noqa: E402
 from psp.model import PSP  # noqa: E402
@@ -85,7 +88,7 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def inversion_steps(model: PSP, plain_encoder: torch.nn.Module, mode: str, precision: str,
-                    device: torch.device) -> tuple[Callable, Callable]:
+                    device: torch.device, reference: torch.nn.Module | None = None) -> tuple[Callable, Callable]:
     """(encode, decode) of one mode: x [B,3,256,256] -> codes -> images [B,3,256,256]."""
     def contexts() -> ExitStack:
         stack = ExitStack()
@@ -105,18 +108,20 @@ def inversion_steps(model: PSP, plain_encoder: torch.nn.Module, mode: str, preci
         with contexts():
             if mode == "ours":
                 return model.decode(codes, resize=True)
-            images, _ = model.generator([codes], input_is_latent=True, randomize_noise=False)
+            generator = reference if mode == "original" else model.generator
+            images, _ = generator([codes], input_is_latent=True, randomize_noise=False)
             return F.adaptive_avg_pool2d(images, (256, 256))  # pSp's face_pool
 
     return encode, decode
 
 
 def bench_batch(model: PSP, plain_encoder: torch.nn.Module, batch: int, modes: list[tuple[str, str]],
-                device: torch.device, repeats: int, warmup: int) -> list[dict]:
+                device: torch.device, repeats: int, warmup: int,
+                reference: torch.nn.Module | None = None) -> list[dict]:
     """One result per (mode, precision) at ``batch``: median seconds, split, images/s, peak memory."""
     x = torch.rand(batch, 3, model.input_size, model.input_size, device=device,
                    generator=torch.Generator(device).manual_seed(batch)) * 2 - 1
-    steps = {key: inversion_steps(model, plain_encoder, *key, device) for key in modes}
+    steps = {key: inversion_steps(model, plain_encoder, *key, device, reference) for key in modes}
     times = {key: [] for key in modes}
     peaks = {key: 0.0 for key in modes}
     windowed = True
@@ -156,15 +161,18 @@ def bench_batch(model: PSP, plain_encoder: torch.nn.Module, batch: int, modes: l
 
 
 def speedups(results: list[dict], device: torch.device, size: int) -> list[dict]:
-    """Per batch and precision: ours against psp_like fp32 (and against SPEC's original on CPU)."""
+    """Per batch and precision: ours against psp_like fp32, the original measured here (with
+    --reference) and the SPEC's figures of the original (CPU, 1024)."""
     out = []
-    baseline = {r["batch"]: r["median_s"] for r in results if r["mode"] == "psp_like"}
+    baselines = {mode: {r["batch"]: r["median_s"] for r in results if r.get("mode") == mode}
+                 for mode in ("psp_like", "original")}
     for r in results:
-        if r["mode"] != "ours":
+        if r.get("mode") != "ours":
             continue
         entry = {"batch": r["batch"], "precision": r["precision"]}
-        if r["batch"] in baseline:
-            entry["vs_psp_like"] = round(baseline[r["batch"]] / r["median_s"], 3)
+        for mode, seconds in baselines.items():
+            if r["batch"] in seconds:
+                entry[f"vs_{mode}"] = round(seconds[r["batch"]] / r["median_s"], 3)
         if device.type == "cpu" and size == 1024 and r["batch"] in ORIGINAL_CPU_SECONDS:
             entry["vs_spec_original"] = round(ORIGINAL_CPU_SECONDS[r["batch"]] / r["median_s"], 3)
             entry["target"] = TARGET_SPEEDUP[r["batch"]]
@@ -181,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", choices=tuple(AUTOCAST),
                         help="of the 'ours' mode; default: fp32 on CPU, fp32 bf16 on GPU")
     parser.add_argument("--no-baseline", action="store_true", help="skip the psp_like mode")
+    parser.add_argument("--reference", type=Path,
+                        help="a rosinality stylegan2-pytorch checkout (model.py + op/): adds the original mode")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per setting first")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -196,14 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     modes = [("ours", p) for p in args.precisions or (["fp32", "bf16"] if on_gpu else ["fp32"])]
     if not args.no_baseline:
         modes.append(("psp_like", "fp32"))
+    if args.reference:
+        modes.append(("original", "fp32"))
 
     torch.manual_seed(0)
     model, plain_encoder = build_models(args.size, device)
+    reference = None
+    if args.reference:
+        reference = load_reference(args.reference, args.size).to(device).eval()
+        reference.load_state_dict(model.generator.state_dict(), strict=True)
     load_before = os.getloadavg()
     results = []
     for batch in batch_sizes:
         try:
-            results += bench_batch(model, plain_encoder, batch, modes, device, args.repeats, args.warmup)
+            results += bench_batch(model, plain_encoder, batch, modes, device, args.repeats, args.warmup,
+                                   reference)
         except torch.OutOfMemoryError:
             results.append({"batch": batch, "error": "out of memory"})
             torch.cuda.empty_cache()
@@ -219,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                     for name, unit, better in (("median_s", "s", "lower"), ("images_per_s", "img/s", "higher"),
                                                ("peak_mem_mb", "MB", "lower"))]
         + [figure(f"inversion/{device.type}/batch{g['batch']}/{g['precision']}/speedup", g["vs_psp_like"], "x",
-                  "higher") for g in gains if "vs_psp_like" in g],
+                  "higher") for g in gains if "vs_psp_like" in g]
+        + [figure(f"inversion/{device.type}/batch{g['batch']}/{g['precision']}/speedup_vs_original",
+                  g["vs_original"], "x", "higher") for g in gains if "vs_original" in g],
     }
     for g in gains:
         print("speedup " + ", ".join(f"{k} {v}" for k, v in g.items()), file=sys.stderr)

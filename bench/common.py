@@ -10,6 +10,7 @@ direction is an improvement, so ``--compare`` can tell a regression from a gain.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from psp.machine import describe_machine, machine_line  # noqa: E402
 
-__all__ = ["describe_machine", "machine_line", "figure", "sync", "write_json"]
+__all__ = ["describe_machine", "machine_line", "figure", "load_reference", "sync", "write_json"]
 
 
 def figure(name: str, value: float, unit: str, better: str = "lower") -> dict:
@@ -45,3 +46,16 @@ def write_json(path: str | os.PathLike, data: dict, indent: Optional[int] = 2) -
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=indent, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def load_reference(directory: Path, size: int, channel_multiplier: int = 2) -> torch.nn.Module:
+    """rosinality's ``Generator`` from ``directory/model.py`` (a stylegan2-pytorch checkout whose
+    ``op`` package runs on the CPU; its ``op`` import is resolved there), for timing only."""
+    model_py = Path(directory) / "model.py"
+    if not model_py.is_file():
+        raise SystemExit(f"--reference: no model.py in {directory}")
+    sys.path.insert(0, str(directory))
+    spec = importlib.util.spec_from_file_location("reference_stylegan2_model", model_py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Generator(size, 512, 8, channel_multiplier=channel_multiplier)
