@@ -35,8 +35,9 @@ FROM ${FLAVOR}-system AS app
 ARG FLAVOR
 ARG APP_UID=1000
 # GPU architectures our CUDA ops are compiled for at build time: A100 8.0, A10/RTX 30 8.6,
-# L4/L40/RTX 40 8.9, H100 9.0. Add e.g. 10.0 (B200) or 12.0 (RTX 50) with --build-arg.
-ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
+# L4/L40/RTX 40 8.9, H100 9.0, plus 9.0 PTX that newer GPUs JIT-compile on first load (same default
+# as `python -m stylegan2.ops build`). Add e.g. 10.0 (B200) or 12.0 (RTX 50) with --build-arg.
+ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0+PTX"
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \

@@ -104,7 +104,7 @@ def test_runs_as_non_root_user(dockerfile):
 
 
 def test_cuda_ops_prebuilt_for_explicit_arches(dockerfile):
-    assert '"8.0;8.6;8.9;9.0"' in [a.partition("=")[2] for a in _args(dockerfile, "ARG")
+    assert '"8.0;8.6;8.9;9.0+PTX"' in [a.partition("=")[2] for a in _args(dockerfile, "ARG")
                                    if a.startswith("TORCH_CUDA_ARCH_LIST=")]
     env = " ".join(_args(dockerfile, "ENV"))
     for setting in ('TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}"', "TORCH_EXTENSIONS_DIR=/opt/torch_extensions",
