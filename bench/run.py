@@ -61,7 +61,7 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        "CPU, small sizes: about two minutes on an idle 2-core machine (trends, not the SPEC targets)",
+        "CPU, small sizes: about 4 minutes on an idle 2-core machine (trends, not the SPEC targets)",
         (Run("generator", "cpu-128", ("--size", "128", "--batch", "1", "4", "--repeats", "2")),
          Run("encoder", "cpu", ("--device", "cpu", "--batch", "1", "4", "--repeats", "2")),
          Run("inversion", "cpu-128", ("--device", "cpu", "--size", "128", "--batch-sizes", "1", "4",
