@@ -183,5 +183,18 @@ def run(config: Config, resume: str | None = None) -> int:
             last = Path(config.train.output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
             print(f"stopped by SIGTERM at step {trainer.global_step}; saved {last}; "
                   f"continue with --resume auto", file=sys.stderr)
+        _finish_wandb_run(EXIT_PREEMPTED)
         return EXIT_PREEMPTED
+    _finish_wandb_run(0)
     return 0
+
+
+def _finish_wandb_run(exit_code: int) -> None:
+    """Finish this process's wandb run, if any, so that its summary and history are complete.
+
+    Lightning's WandbLogger leaves this to wandb's exit handler, which was seen giving up (its
+    service gone first) on a normal exit and never runs when a DDP rank leaves with ``os._exit``.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)

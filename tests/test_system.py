@@ -202,3 +202,5 @@ def test_other_loggers(tmp_path, monkeypatch, logger):
         assert os.environ["WANDB_MODE"] == "offline"
         run_id = (out / "wandb_run_id").read_text().strip()
         assert list((out / "wandb").glob(f"offline-run-*-{run_id}"))
+        import wandb
+        assert wandb.run is None  # finished by `run` itself, not left to an exit handler

@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     code = run(config, resume=args.resume)
     if dist.is_available() and dist.is_initialized():
         # DDP ranks were seen spinning forever in the interpreter's final garbage collection after
-        # training had finished and every file was written; leave without that finalisation.
+        # training had finished and every file was written (loggers closed by `run`); leave
+        # without that finalisation.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
