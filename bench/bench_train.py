@@ -11,8 +11,9 @@ as the released ones. Images are random too, so data loading is not measured.
 Modes (``--mode``, default ``both``: each in its own process, then the ratios):
 
 - ``ours``: the training step as ``train.py`` runs it, at ``--precision``;
-- ``psp_like``: the original pSp loop's algorithms in our code, always fp32: the generator's
-  per-sample grouped convolutions (``fused_modconv=True``, as rosinality's model) and NCHW tensors.
+- ``psp_like``: the original pSp loop's way in our code, always fp32, with the generator's
+  per-sample grouped convolutions (``fused_modconv=True``, as rosinality's model); the rest of the
+  step is the same as ``ours``.
   The same-machine baseline for the SPEC's training target (1.5x faster per step at batch 8, with
   equal or lower peak memory).
 

@@ -47,6 +47,7 @@ def test_ci_preset_runs_every_benchmark_into_one_json(tmp_path, capsys):
     modes = [r["mode"] for r in results["benchmarks"]["train"]["runs"][0]["report"]["results"]]
     assert modes == ["ours", "psp_like"]
     times = [name for name, f in results["figures"].items() if f["unit"] == "s" and f["better"] == "lower"]
+    assert times
     # the same run, 30 % slower on one figure, is a regression on exactly that one
     slower = json.loads(out.read_text())
     slower["figures"][times[0]]["value"] *= 1.3

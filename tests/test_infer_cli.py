@@ -22,8 +22,6 @@ from psp.outputs import load_latent
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
 @pytest.fixture(scope="module")
 def model(checkpoint) -> PSP:
     return PSP.from_checkpoint(checkpoint, device="cpu").eval()

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable
 
-from psp.config import ConfigError
+# Transparent huge pages for PyTorch's large CPU buffers (~15% faster at 1024 px on CPU: fewer page
+# faults per fresh activation). PyTorch reads it on its first allocation, so every CLI sets it here,
+# before anything imports torch.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+from psp.config import ConfigError  # noqa: E402
 
 
 class UsageError(ValueError):

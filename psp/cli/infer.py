@@ -8,25 +8,20 @@ from the checkpoint. Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage/
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-# Transparent huge pages for PyTorch's large CPU buffers (~15% faster at 1024 px on CPU: fewer page
-# faults per fresh activation). PyTorch reads it on its first allocation, so set it before any.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+import yaml
 
-import yaml  # noqa: E402
-
-from psp.cli import UsageError, report_user_errors  # noqa: E402
-from psp.config import Config, load_config, to_dict, validate  # noqa: E402
-from psp.inversion import (Inversion, Summary, autocast_for, check_output_folder, collect_jobs,  # noqa: E402
+from psp.cli import UsageError, report_user_errors
+from psp.config import Config, load_config, to_dict, validate
+from psp.inversion import (Inversion, Summary, autocast_for, check_output_folder, collect_jobs,
                            finished_outputs, load_model, resolve_device)
-from psp.outputs import Manifest  # noqa: E402
-from stylegan2.io import sha256_file  # noqa: E402
-from stylegan2.ops import set_default_impl  # noqa: E402
+from psp.outputs import Manifest
+from stylegan2.io import sha256_file
+from stylegan2.ops import set_default_impl
 
 # A positional argument such as ``infer.batch_size=8`` is a config override, not an input path.
 OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")

@@ -5,12 +5,8 @@ import argparse
 import os
 import sys
 
-# Transparent huge pages for PyTorch's large CPU buffers (fewer page faults per fresh activation;
-# see infer.py). PyTorch reads it on its first allocation, so set it before torch is imported.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-from psp.cli import UsageError, report_user_errors  # noqa: E402
-from psp.config import load_config, to_yaml  # noqa: E402
+from psp.cli import UsageError, report_user_errors
+from psp.config import load_config, to_yaml
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,4 +55,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
-
