@@ -9,9 +9,9 @@ BN folding is not a no-op). Modes, each a rewrite on top of the previous one:
 - ``plain``: ``torch.no_grad``, NCHW tensors: what the original pSp inference script does;
 - ``inference_mode``: ``torch.inference_mode`` instead (no version counters or view tracking);
 - ``channels_last``: encoder weights and input in NHWC (oneDNN's native layout on CPU);
-- ``fused_bn``: BatchNorm folded into the preceding convolutions (`psp.nets.fuse`);
+- ``fused_bn``: BatchNorm folded into the preceding convolutions (`psp.models.nets.fuse`);
 - ``merged_styles``: the style blocks of each pyramid level run as one network
-  (`psp.nets.fuse.optimize_for_inference`: all rewrites together).
+  (`psp.models.nets.fuse.optimize_for_inference`: all rewrites together).
 
 Modes are interleaved within each repeat (a busy machine slows them alike), after ``--warmup``
 untimed runs; the report gives the median and every wall time, the median process CPU time, the
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from bench.common import describe_machine, figure, sync, write_json  # noqa: E402
 from psp.config import EncoderConfig  # noqa: E402
-from psp.model import build_encoder  # noqa: E402
-from psp.nets.fuse import fuse_bn_for_inference, optimize_for_inference  # noqa: E402
+from psp.models.model import build_encoder  # noqa: E402
+from psp.models.nets.fuse import fuse_bn_for_inference, optimize_for_inference  # noqa: E402
 
 N_STYLES = 18  # a 1024 px generator, as the released FFHQ model
 

@@ -8,12 +8,13 @@
 The model is the FFHQ recipe (IR-SE-50 pyramid encoder, config-f generator) with random weights
 built by ``PSP.from_config`` (speed does not depend on the weights' values). Modes:
 
-- ``ours``: what ``infer.py`` runs: `psp.inversion.prepare_for_inference` (BN folded, merged style
-  blocks, NHWC), NHWC input, ``torch.inference_mode``, the generator's default path, huge pages;
-  once per ``--precisions`` entry (autocast for bf16/fp16);
+- ``ours``: what ``infer.py`` runs: the inversion engine (``psp.inference.engine.Engine``) on the
+  model's inference form (BN folded, merged style blocks, NHWC), NHWC input, ``torch.inference_mode``,
+  the generator's default path, huge pages; once per ``--precisions`` entry (autocast for bf16/fp16);
 - ``psp_like``: the original's algorithms in our code, fp32: the plain encoder on NCHW input under
   ``torch.no_grad`` and the generator's per-sample grouped convolutions (``fused_modconv=True``).
-  The same-machine baseline; the SPEC §10 figures of the original code itself are in the report too.
+  The same-machine baseline; the original code's figures on the reference 2-core machine are in
+  the report too.
 - ``original`` (with ``--reference DIR``): the original code's inversion on this machine: the
   plain encoder as in ``psp_like`` (pSp's encoder is the same algorithm) and rosinality's own
   ``DIR/model.py`` generator with its CPU ops, loaded with the same weights, then pSp's pooling.
@@ -22,8 +23,9 @@ Modes are interleaved within each repeat (a busy machine slows them alike), afte
 untimed runs; the median wall time is reported with its encoder / generator split. Peak memory
 per mode: on CPU the process's peak resident set, reset before every call through
 /proc/self/clear_refs (else the process-wide peak); on GPU ``torch.cuda.max_memory_allocated``.
-SPEC §10 (2-core CPU, 1024 G): the original takes ~5.4 s at batch 1 and ~38 s at batch 4, we need
->= 1.3x and >= 3x; GPU: bf16 throughput >= 2x the original's fp32.
+Targets (2-core CPU, 1024 G): the original takes ~5.4 s at batch 1 and ~38 s at batch 4; the
+full inversion should be >= 2.5x (batch 1) and >= 5x (batch 4) faster in fp32; GPU: bf16 throughput
+>= 3x the original's fp32 (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from bench.common import describe_machine, figure, load_reference, sync, write_json  # noqa: E402
 from psp.config import load_config  # noqa: E402
-from psp.inversion import prepare_for_inference  # noqa: E402
-from psp.model import PSP  # noqa: E402
+from psp.inference.engine import Engine  # noqa: E402
+from psp.models.model import PSP  # noqa: E402
 
 # Seconds per batch of the original pSp code on the 2-core CPU machine (SPEC §10), and the targets.
 ORIGINAL_CPU_SECONDS = {1: 5.4, 4: 38.0}
@@ -58,12 +60,12 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_models(size: int, device: torch.device) -> tuple[PSP, torch.nn.Module]:
-    """(the model as infer.py prepares it, a plain copy of its encoder for the psp_like mode)."""
+    """(the model, a plain copy of its encoder for the psp_like mode); ``ours`` uses its inference form."""
     overrides = [f"model.generator.size={size}", "model.generator.checkpoint=null", "model.encoder.init=null",
                  "model.w_avg.source=estimate", "model.w_avg.n_samples=1000"]
-    model = PSP.from_config(load_config(["ffhq"], overrides, purpose="infer").model).to(device).eval()
+    model = PSP.from_config(load_config(["ffhq"], overrides, command="model").model).to(device).eval()
     plain_encoder = copy.deepcopy(model.encoder)
-    return prepare_for_inference(model), plain_encoder
+    return model, plain_encoder
 
 
 def _reset_peak(device: torch.device) -> bool:
@@ -90,29 +92,41 @@ def _peak_mb(device: torch.device) -> float:
 def inversion_steps(model: PSP, plain_encoder: torch.nn.Module, mode: str, precision: str,
                     device: torch.device, reference: torch.nn.Module | None = None) -> tuple[Callable, Callable]:
     """(encode, decode) of one mode: x [B,3,256,256] -> codes -> images [B,3,256,256]."""
+    if mode == "ours":
+        engine = Engine(inference_form(model), device, precision)
+
+        def decode_ours(codes):
+            model.generator.fused_modconv = None  # the generator is shared with psp_like's decode
+            return engine.decode(codes)
+
+        return engine.encode, decode_ours
+
     def contexts() -> ExitStack:
         stack = ExitStack()
-        stack.enter_context(torch.inference_mode() if mode == "ours" else torch.no_grad())
+        stack.enter_context(torch.no_grad())
         if AUTOCAST[precision] is not None:
             stack.enter_context(torch.autocast(device.type, dtype=AUTOCAST[precision]))
         return stack
 
     def encode(x):
         with contexts():
-            if mode == "ours":
-                return model.encode(x.contiguous(memory_format=torch.channels_last))
             return plain_encoder(x) + model.w_avg
 
     def decode(codes):
-        model.generator.fused_modconv = None if mode == "ours" else True
+        model.generator.fused_modconv = True
         with contexts():
-            if mode == "ours":
-                return model.decode(codes, resize=True)
             generator = reference if mode == "original" else model.generator
             images, _ = generator([codes], input_is_latent=True, randomize_noise=False)
             return F.adaptive_avg_pool2d(images, (256, 256))  # pSp's face_pool
 
     return encode, decode
+
+
+def inference_form(model: PSP):
+    """The model's inference form, made once per model (it copies the encoder)."""
+    if not hasattr(model, "_bench_inference_form"):
+        model._bench_inference_form = model.for_inference()
+    return model._bench_inference_form
 
 
 def bench_batch(model: PSP, plain_encoder: torch.nn.Module, batch: int, modes: list[tuple[str, str]],

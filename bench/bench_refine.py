@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from bench.common import write_json  # noqa: E402
 from psp.config import load_config  # noqa: E402
-from psp.data import SyntheticDataset  # noqa: E402
-from psp.model import PSP  # noqa: E402
-from psp.refine import reconstruct, refine  # noqa: E402
+from psp.models.synthetic import SyntheticDataset  # noqa: E402
+from psp.models.model import PSP  # noqa: E402
+from psp.inference.refine import reconstruct, refine  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +69,7 @@ def load_model(checkpoint: Path | None) -> PSP:
     if checkpoint is not None:
         return PSP.from_checkpoint(checkpoint, device="cpu").eval()
     torch.manual_seed(0)
-    return PSP.from_config(load_config(["demo"], purpose="infer").model).eval()
+    return PSP.from_config(load_config(["demo"], command="model").model).eval()
 
 
 def scores(image: torch.Tensor, target: torch.Tensor, lpips) -> dict[str, torch.Tensor]:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     model = load_model(args.checkpoint)
     lpips = None
     if args.lpips_weights is not None:
-        from psp.losses import LPIPSLoss
+        from psp.models.lpips import LPIPSLoss
         lpips = LPIPSLoss("alex", weights_path=args.lpips_weights)
     lpips_weight = args.lpips_weight if lpips is not None else 0.0
     data = SyntheticDataset(model.generator, args.n, size=model.input_size, seed=args.seed, fixed=True)

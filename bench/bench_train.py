@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import figure  # noqa: E402
 from psp.config import load_config  # noqa: E402
-from psp.losses import PSPLoss  # noqa: E402
-from psp.nets.arcface import ArcFace  # noqa: E402
-from psp.system import PSPSystem  # noqa: E402
+from psp.training.losses import PSPLoss  # noqa: E402
+from psp.models.arcface import ArcFace  # noqa: E402
+from psp.training.system import PSPSystem  # noqa: E402
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
 
-from psp.machine import describe_machine, machine_line  # noqa: E402
+from psp.evaluation.machine import describe_machine, machine_line  # noqa: E402
+from psp.io.atomic import atomic_write_text  # noqa: E402
 
 __all__ = ["describe_machine", "machine_line", "figure", "load_reference", "sync", "write_json"]
 
@@ -41,11 +42,7 @@ def sync(device: torch.device | str) -> None:
 
 def write_json(path: str | os.PathLike, data: dict, indent: Optional[int] = 2) -> None:
     """Write ``data`` as JSON atomically (temp file + rename): a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=indent, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
 
 
 def load_reference(directory: Path, size: int, channel_multiplier: int = 2) -> torch.nn.Module:

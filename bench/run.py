@@ -100,7 +100,7 @@ PRESETS = {
 }
 
 
-class UsageError(ValueError):
+class InputError(ValueError):
     """A command-line mistake: one line on stderr, exit code 2."""
 
 
@@ -343,7 +343,7 @@ def format_comparison(rows: list[dict], notes: list[str], threshold: float) -> s
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        raise InputError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,7 +365,7 @@ def _parse_only(text: Optional[str]) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
-        raise UsageError(f"--only '{text}': unknown benchmark {unknown[0] if unknown else '(none)'}; "
+        raise InputError(f"--only '{text}': unknown benchmark {unknown[0] if unknown else '(none)'}; "
                          f"choose from {','.join(BENCHMARKS)}")
     return names
 
@@ -374,11 +374,11 @@ def _read_results(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"--compare file '{path}' does not exist") from None
+        raise InputError(f"--compare file '{path}' does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--compare file '{path}' is not readable JSON ({exc})") from None
+        raise InputError(f"--compare file '{path}' is not readable JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UsageError(f"--compare file '{path}' is not a `python -m bench` results file "
+        raise InputError(f"--compare file '{path}' is not a `python -m bench` results file "
                          f"(format {data.get('format') if isinstance(data, dict) else None!r})")
     return data
 
@@ -389,8 +389,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         only = _parse_only(args.only)
         previous = _read_results(args.compare) if args.compare is not None else None
         if args.threshold <= 0:
-            raise UsageError(f"--threshold must be positive, got {args.threshold}")
-    except UsageError as exc:
+            raise InputError(f"--threshold must be positive, got {args.threshold}")
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = args.json or BENCH_DIR / "results" / f"{args.preset}.json"

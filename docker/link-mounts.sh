@@ -10,7 +10,7 @@ app_dir="${1:?usage: link-mounts.sh APP_DIR [CHECKPOINTS] [RUNS]}"
 checkpoints="${2:-/checkpoints}"
 runs="${3:-/runs}"
 
-names="$("${PYTHON:-python}" -m psp.fetch list --names)"
+names="$("${PYTHON:-python}" -m psp.cli.main fetch list --names)"
 mkdir -p "${app_dir}/checkpoints"
 while read -r name; do
     ln -sfn "${checkpoints}/${name}" "${app_dir}/checkpoints/${name}"

@@ -1,9 +1,16 @@
-"""The one typed configuration schema for training and inference, and its loader.
+"""The one typed configuration schema, composed per command, and its loader.
 
-Precedence: schema defaults <- YAML files (in order) <- ``a.b=c`` command-line overrides.
-The result is a tree of real dataclass objects (``Config``), checked field by field and across
-fields. Every user mistake becomes a :class:`ConfigError` whose message is one line naming the
-full key and the fix; the CLIs print it and exit with code 2 before building or writing anything.
+The schema is a set of shared sections (``model``, ``data``, ``loss``, ``lpips``, ``optim``,
+``train``, ``infer``, ``refine``, ``evaluate``, ``ops``, ``log``); each command reads the sections
+listed in :data:`COMMAND_SECTIONS` and nothing else (``psp infer`` never looks at ``train.*``).
+Precedence: schema defaults <- YAML files (in order) <- ``a.b=c`` command-line overrides. A YAML
+file may hold sections of other commands (one ``ffhq.yaml`` for training and inversion); they are
+ignored, while an override of a section the command does not read is an error. The result is a
+tree of real dataclass objects (``Config``), checked field by field and across fields. Every user
+mistake becomes a :class:`ConfigError` whose message is one line naming the full key and the fix;
+the CLIs print it and exit with code 2 before building or writing anything. Whether the files a
+config names exist is checked when a command runs (:func:`check_paths`), not when it is loaded,
+so ``--print-config`` works before anything is downloaded.
 
 This is the only module that uses OmegaConf.
 """
@@ -27,12 +34,10 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from psp.errors import ConfigError, first_line
+
 CONFIG_VERSION = 1
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message is one line."""
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, factory: Any = None):
@@ -112,11 +117,15 @@ class DataConfig:
 class LossConfig:
     l2: float = _f(1.0, "pixel L2 weight")
     lpips: float = _f(0.8, "LPIPS weight")
-    lpips_net: str = _f("alex", "LPIPS backbone", ("alex", "vgg"))
-    lpips_weights: Optional[str] = _f(None, "local backbone weights for offline clusters")
     id: float = _f(0.1, "identity (ArcFace) loss weight")
     id_weights: Optional[str] = _f(None, "ArcFace IR-SE-50 file (model_ir_se50.pth)")
     w_norm: float = _f(0.0, "W-norm regulariser weight")
+
+
+@dataclass
+class LPIPSConfig:
+    net: str = _f("alex", "LPIPS backbone (training loss, refinement and the evaluation metric)", ("alex", "vgg"))
+    weights: Optional[str] = _f(None, "local ImageNet backbone file for offline clusters; null = torch hub cache")
 
 
 @dataclass
@@ -154,17 +163,29 @@ class InferConfig:
     precision: str = _f("fp32", "inference precision (bf16 on CPU or GPU, fp16 on GPU only)", ("fp32", "bf16", "fp16"))
     save_images: bool = _f(False, "also write reconstructions")
     side_by_side: bool = _f(False, "reconstructions as input | output pairs")
-    refine_steps: int = _f(0, "optimise W+ from the encoder's answer for N steps (0 = off)")
-    refine_lr: float = _f(0.01, "Adam learning rate of the refinement")
-    refine_l2: float = _f(1.0, "refinement L2 weight")
-    refine_lpips: float = _f(0.8, "refinement LPIPS weight")
     align: bool = _f(False, "FFHQ-style face alignment before encoding")
+
+
+@dataclass
+class RefineConfig:
+    steps: int = _f(0, "optimise W+ from the encoder's answer for N Adam steps (0 = off)")
+    lr: float = _f(0.01, "Adam learning rate of the refinement")
+    l2: float = _f(1.0, "refinement L2 weight")
+    lpips: float = _f(0.8, "refinement LPIPS weight (0: pixels only, no LPIPS weights needed)")
+
+
+@dataclass
+class EvaluateConfig:
+    lpips: bool = _f(True, "measure LPIPS (false: offline without its weights; also turns refine.lpips off)")
+    arcface: Optional[str] = _f(None, "ArcFace IR-SE-50 file (model_ir_se50.pth): adds the id_similarity metric")
+    size: int = _f(256, "--targets/--outputs: side both images are resized to")
+    seed: int = _f(1_000_000, "--synthetic: first latent seed (far from training's held-out seeds)")
+    report_examples: int = _f(5, "best and worst images shown in report.png (each)")
 
 
 @dataclass
 class OpsConfig:
     impl: str = _f("auto", "StyleGAN2 op implementation", ("auto", "cuda", "ref"))
-    channels_last: bool = _f(False, "run convolutions in channels_last memory format")
 
 
 @dataclass
@@ -181,11 +202,29 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+# The sections each command reads. Sections outside a command's list keep their defaults there.
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("model", "data", "loss", "lpips", "optim", "train", "ops", "log"),
+    "infer": ("infer", "refine", "lpips", "ops"),
+    "render": ("infer", "ops"),
+    "evaluate": ("infer", "refine", "lpips", "evaluate", "ops"),
+    "model": ("model",),  # a model description alone (benchmarks, tests, the Python API)
+}
+
+# Keys that moved, for a helpful error when an older YAML file or script names them.
+MOVED_KEYS = {"infer.refine_steps": "refine.steps", "infer.refine_lr": "refine.lr",
+              "infer.refine_l2": "refine.l2", "infer.refine_lpips": "refine.lpips",
+              "loss.lpips_net": "lpips.net", "loss.lpips_weights": "lpips.weights"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,11 +333,7 @@ def _parse_overrides(overrides: list[str]) -> Any:
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {overrides}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot parse overrides {overrides}: {first_line(exc)}") from None
 
 
 def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
@@ -306,6 +341,8 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     full_key = getattr(exc, "full_key", None) or ""
     where = f" (in {source})" if source else ""
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        if full_key in MOVED_KEYS:
+            return ConfigError(f"config key '{full_key}'{where} is now '{MOVED_KEYS[full_key]}'; rename it")
         *parents, name = full_key.split(".") if full_key else [""]
         section = _section_type(parents)
         options = [f.name for f in dataclasses.fields(section)] if section else []
@@ -322,7 +359,7 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
                            f"set {full_key}=<{expected}>")
     if isinstance(exc, MissingMandatoryValue):
         return ConfigError(f"config key '{full_key}' is required; set it with {full_key}=...")
-    return ConfigError(f"config error at '{full_key}'{where}: {_first_line(exc)}")
+    return ConfigError(f"config error at '{full_key}'{where}: {first_line(exc)}")
 
 
 def _merge(base: Any, other: Any, source: str) -> Any:
@@ -332,24 +369,52 @@ def _merge(base: Any, other: Any, source: str) -> Any:
         raise _explain(exc, source) from None
 
 
+def _sections_of(command: str) -> tuple[str, ...]:
+    if command not in COMMAND_SECTIONS:
+        raise ValueError(f"unknown command {command!r}; known: {', '.join(COMMAND_SECTIONS)}")
+    return COMMAND_SECTIONS[command]
+
+
+def _schema_sections() -> set[str]:
+    hints = typing.get_type_hints(Config)
+    return {f.name for f in dataclasses.fields(Config) if _is_dataclass_type(hints[f.name])}
+
+
+def _for_command(data: dict, sections: tuple[str, ...]) -> dict:
+    """A YAML file's content without the schema sections ``sections`` does not include."""
+    other = _schema_sections() - set(sections)
+    return {k: v for k, v in data.items() if k not in other}
+
+
+def _check_override_sections(overrides: list[str], command: str, sections: tuple[str, ...]) -> None:
+    for item in overrides:
+        section = item.split("=", 1)[0].split(".", 1)[0]
+        if section in _schema_sections() and section not in sections:
+            raise ConfigError(f"override '{item}': the {command} command does not read the '{section}' "
+                              f"section (it reads {', '.join(sections)}); drop it")
+
+
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
-                purpose: str = "train") -> Config:
+                command: str = "train") -> Config:
     """Defaults <- YAML ``files`` <- ``key=value`` ``overrides``; validated ``Config`` out.
 
-    ``purpose`` is ``"train"`` or ``"infer"``: it decides which paths must exist (data folders only
-    matter for training). Raises :class:`ConfigError` with a one-line message on any mistake.
+    ``command`` (a key of :data:`COMMAND_SECTIONS`) decides which sections are read and checked;
+    files named by the config are checked later, by :func:`check_paths`. Raises
+    :class:`ConfigError` with a one-line message on any mistake.
     """
+    sections = _sections_of(command)
     cfg = OmegaConf.structured(Config)
     for name in files:
         path = resolve_config_path(name)
-        cfg = _merge(cfg, _read_yaml(path), str(path))
+        cfg = _merge(cfg, _for_command(_read_yaml(path), sections), str(path))
     if overrides:
+        _check_override_sections(list(overrides), command, sections)
         cfg = _merge(cfg, _parse_overrides(list(overrides)), "command line")
     try:
         config: Config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise _explain(exc, "") from None
-    validate(config, purpose)
+    validate(config, command)
     return config
 
 
@@ -358,9 +423,11 @@ def to_dict(section: Any) -> dict:
     return dataclasses.asdict(section)
 
 
-def to_yaml(config: Config) -> str:
-    """The resolved config as YAML (``--print-config`` and the run directory's config.yaml)."""
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+def to_yaml(config: Config, command: str = "train") -> str:
+    """The sections ``command`` reads, resolved, as YAML (``--print-config``, the run's config.yaml)."""
+    data = to_dict(config)
+    keep = ("config_version", *_sections_of(command))
+    return yaml.safe_dump({k: data[k] for k in keep}, sort_keys=False)
 
 
 def model_config_from_dict(data: dict, source: str = "checkpoint") -> ModelConfig:
@@ -375,7 +442,7 @@ def model_config_from_dict(data: dict, source: str = "checkpoint") -> ModelConfi
         model: ModelConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise _explain(exc, source) from None
-    _check_model(model, check_paths=False)
+    _check_model(model)
     return model
 
 
@@ -424,7 +491,7 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def _check_model(model: ModelConfig, check_paths: bool) -> None:
+def _check_model(model: ModelConfig) -> None:
     _check_choices(model, "model.")
     gen, enc = model.generator, model.encoder
     _require(_is_power_of_two(gen.size) and gen.size >= 8, "model.generator.size",
@@ -445,50 +512,107 @@ def _check_model(model: ModelConfig, check_paths: bool) -> None:
     _require(enc.block != "ir_se" or enc.attention in ("none", "se"), "model.encoder.attention",
              f"is {enc.attention!r} but block ir_se already uses SE; use block=ir with attention=eca")
     _require(model.w_avg.n_samples > 0, "model.w_avg.n_samples", "must be positive")
-    if check_paths:
-        fetch = "download it with `python -m psp.fetch NAME` or fix the path"
-        _check_file(gen.checkpoint, "model.generator.checkpoint", fetch)
-        _check_file(enc.init, "model.encoder.init", fetch)
     _require(model.w_avg.source != "checkpoint" or gen.checkpoint is not None, "model.w_avg.source",
              "is 'checkpoint' but model.generator.checkpoint is null; use source=estimate or set the file")
 
 
-def validate(config: Config, purpose: str = "train") -> None:
-    """Cross-field checks; raises ConfigError naming the key. ``purpose``: 'train' or 'infer'."""
+def validate(config: Config, command: str = "train") -> None:
+    """Cross-field checks of the sections ``command`` reads; raises ConfigError naming the key."""
+    sections = _sections_of(command)
     _require(config.config_version <= CONFIG_VERSION, "config_version",
              f"is {config.config_version}, newer than this toolkit ({CONFIG_VERSION})")
-    _check_model(config.model, check_paths=(purpose == "train"))
-    for section in ("data", "loss", "optim", "train", "infer", "ops", "log"):
-        _check_choices(getattr(config, section), section + ".")
-    t, d, loss, o, i = config.train, config.data, config.loss, config.optim, config.infer
-    for key in ("max_steps", "batch_size", "test_batch_size", "val_every", "log_every", "num_nodes"):
-        _require(getattr(t, key) > 0, f"train.{key}", f"must be positive, got {getattr(t, key)}")
-    _require(t.val_batches >= 0, "train.val_batches", "must be >= 0")
+    for section in sections:
+        if section == "model":
+            _check_model(config.model)
+        else:
+            _check_choices(getattr(config, section), section + ".")
+        CHECKS.get(section, lambda _: None)(getattr(config, section))
+    if command == "train":
+        _check_training(config)
+
+
+def _positive(section: Any, prefix: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        _require(value > 0, f"{prefix}.{key}", f"must be positive, got {value}")
+
+
+def _non_negative(section: Any, prefix: str, *keys: str, hint: str = "") -> None:
+    for key in keys:
+        _require(getattr(section, key) >= 0, f"{prefix}.{key}", f"must be >= 0{hint}")
+
+
+def _check_train(t: TrainConfig) -> None:
+    _positive(t, "train", "max_steps", "batch_size", "test_batch_size", "val_every", "log_every", "num_nodes")
+    _non_negative(t, "train", "val_batches")
     _require(_valid_devices(t.devices), "train.devices",
              f"is {t.devices!r}; use auto, a count such as 2, or a list such as 0,1")
-    _require(i.batch_size > 0, "infer.batch_size", f"must be positive, got {i.batch_size}")
-    _require(i.refine_steps >= 0, "infer.refine_steps", "must be >= 0")
-    _require(i.num_workers >= 0, "infer.num_workers", "must be >= 0")
-    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
-    _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)")
-    for key in ("l2", "lpips", "id", "w_norm"):
-        _require(getattr(loss, key) >= 0, f"loss.{key}", "must be >= 0 (0 disables the loss)")
-    if purpose != "train":
-        return
+
+
+def _check_data(d: DataConfig) -> None:
+    _non_negative(d, "data", "num_workers")
+    if d.kind == "synthetic":
+        _require(d.n_train > 0 and d.n_test > 0, "data.n_train", "and data.n_test must be positive")
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _positive(o, "optim", "lr")
+    _non_negative(o, "optim", "grad_clip", hint=" (0 = off)")
+
+
+def _check_loss(loss: LossConfig) -> None:
+    _non_negative(loss, "loss", "l2", "lpips", "id", "w_norm", hint=" (0 disables the loss)")
+
+
+def _check_infer(i: InferConfig) -> None:
+    _positive(i, "infer", "batch_size")
+    _non_negative(i, "infer", "num_workers")
+
+
+def _check_refine(r: RefineConfig) -> None:
+    _non_negative(r, "refine", "steps", "l2", "lpips")
+    _positive(r, "refine", "lr")
+
+
+def _check_evaluate(e: EvaluateConfig) -> None:
+    _positive(e, "evaluate", "size")
+    _non_negative(e, "evaluate", "report_examples")
+
+
+CHECKS = {"train": _check_train, "data": _check_data, "optim": _check_optim, "loss": _check_loss,
+          "infer": _check_infer, "refine": _check_refine, "evaluate": _check_evaluate}
+
+
+def _check_training(config: Config) -> None:
+    d, loss = config.data, config.loss
     if d.kind == "images":
         for key in ("train_dir", "test_dir"):
             _require(getattr(d, key) is not None, f"data.{key}",
                      "is required when data.kind=images; set it to a folder of images")
-        for key in ("train_dir", "train_target_dir", "test_dir", "test_target_dir"):
-            _check_dir(getattr(d, key), f"data.{key}")
-    else:
-        _require(d.n_train > 0 and d.n_test > 0, "data.n_train", "and data.n_test must be positive")
     _require(loss.id == 0 or loss.id_weights is not None, "loss.id_weights",
-             "is null but loss.id > 0; set it to model_ir_se50.pth (python -m psp.fetch "
-             "model_ir_se50.pth) or set loss.id=0")
-    _check_file(loss.id_weights, "loss.id_weights", "download it with `python -m psp.fetch model_ir_se50.pth`")
-    _check_file(loss.lpips_weights, "loss.lpips_weights", "fix the path or set it to null")
+             "is null but loss.id > 0; set it to model_ir_se50.pth (psp fetch model_ir_se50.pth) "
+             "or set loss.id=0")
+
+
+def check_paths(config: Config, command: str = "train") -> None:
+    """The files and folders the config names exist (called when a command starts its work).
+
+    Raises ConfigError naming the key, the path and how to get the file.
+    """
+    sections = _sections_of(command)
+    fetch = "download it with `psp fetch NAME` or fix the path"
+    if "model" in sections:
+        _check_file(config.model.generator.checkpoint, "model.generator.checkpoint", fetch)
+        _check_file(config.model.encoder.init, "model.encoder.init", fetch)
+    if "data" in sections and config.data.kind == "images":
+        for key in ("train_dir", "train_target_dir", "test_dir", "test_target_dir"):
+            _check_dir(getattr(config.data, key), f"data.{key}")
+    if "loss" in sections:
+        _check_file(config.loss.id_weights, "loss.id_weights", "download it with `psp fetch model_ir_se50.pth`")
+    if "lpips" in sections:
+        _check_file(config.lpips.weights, "lpips.weights", "fix the path or set it to null")
+    if "evaluate" in sections:
+        _check_file(config.evaluate.arcface, "evaluate.arcface", "download it with `psp fetch model_ir_se50.pth`")
 
 
 def _valid_devices(devices: str) -> bool:
@@ -509,27 +633,19 @@ def parse_devices(devices: str) -> int | list[int] | str:
     return parts if ("," in text or text.startswith("[")) else parts[0]
 
 
-README_START = "<!-- config-reference:start -->"
-README_END = "<!-- config-reference:end -->"
+REFERENCE_START = "<!-- config-reference:start -->"
+REFERENCE_END = "<!-- config-reference:end -->"
+REFERENCE_PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
-def update_readme(path: str | Path) -> bool:
-    """Rewrite the config reference between the README markers; True when the file changed."""
+def update_reference(path: str | Path = REFERENCE_PAGE) -> bool:
+    """Rewrite the config reference between the page's markers; True when the file changed."""
     path = Path(path)
     text = path.read_text()
-    head, sep, rest = text.partition(README_START)
-    _, sep2, tail = rest.partition(README_END)
+    head, sep, rest = text.partition(REFERENCE_START)
+    _, sep2, tail = rest.partition(REFERENCE_END)
     if not sep or not sep2:
-        raise ConfigError(f"{path}: markers {README_START} ... {README_END} not found")
-    new = f"{head}{README_START}\n{markdown_reference()}\n{README_END}{tail}"
+        raise ConfigError(f"{path}: markers {REFERENCE_START} ... {REFERENCE_END} not found")
+    new = f"{head}{REFERENCE_START}\n{markdown_reference()}\n{REFERENCE_END}{tail}"
     path.write_text(new)
     return new != text
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["--update-readme"]:
-        update_readme(sys.argv[2] if len(sys.argv) > 2 else "README.md")
-    else:
-        print(markdown_reference())

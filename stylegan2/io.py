@@ -16,9 +16,12 @@ from typing import Any, Union
 
 import torch
 
+from .errors import CheckpointError, CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-# The only non-plain types a released checkpoint may hold (SPEC §7).
+# The only non-plain type a released checkpoint holds: rosinality training files store their
+# command-line arguments (``args``) as an argparse.Namespace.
 SAFE_GLOBALS = (argparse.Namespace,)
 
 
@@ -26,27 +29,19 @@ SAFE_GLOBALS = (argparse.Namespace,)
 _FORMAT_HINT = "; a truncated download or a file of another format? download it again or check the path"
 
 
-class UnsafeCheckpointError(ValueError):
-    """The file needs arbitrary code (a non-allow-listed global) to load."""
-
-
-class CheckpointFormatError(ValueError):
-    """The file is not a readable PyTorch checkpoint."""
-
-
 def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load(path, map_location, weights_only=True)`` with ``argparse.Namespace`` allowed.
 
     Raises:
-        FileNotFoundError: no such file (the message names it).
+        CheckpointNotFoundError: no such file, or a folder (also a FileNotFoundError).
         UnsafeCheckpointError: the file needs another global (class or function) to load.
         CheckpointFormatError: the file is not a PyTorch checkpoint (or is truncated).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint path is a directory, not a file: {path}")
+        raise CheckpointNotFoundError(f"checkpoint path is a directory, not a file: {path}")
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -59,6 +54,8 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
                 "argparse.Namespace are allowed (re-save the file with state dicts only)") from None
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
                                     f"({_unpickling_reason(err)}){_FORMAT_HINT}") from None
+    except PermissionError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, struct.error,
             zipfile.BadZipFile) as err:
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "

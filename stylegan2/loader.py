@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from .generator import Generator, channel_table
+from .errors import CheckpointError
 from .io import PathLike, safe_load
 
 
@@ -26,7 +27,7 @@ def infer_generator_config(state_dict: Mapping[str, torch.Tensor],
     for key in ("input.input", "conv1.conv.weight", "to_rgb1.conv.weight"):
         if key not in state_dict:
             sample = ", ".join(list(state_dict)[:5])
-            raise ValueError(f"{source}: not a StyleGAN2 generator state dict: no '{key}' "
+            raise CheckpointError(f"{source}: not a StyleGAN2 generator state dict: no '{key}' "
                              f"(first keys: {sample or 'none'})")
     n_mlp = max(_indices(state_dict, r"style\.(\d+)\.weight"), default=0)  # style.0 is PixelNorm
     n_levels = max(_indices(state_dict, r"to_rgbs\.(\d+)\.conv\.weight"), default=-1) + 1
@@ -35,7 +36,7 @@ def infer_generator_config(state_dict: Mapping[str, torch.Tensor],
     for level in range(n_levels):
         key = f"convs.{2 * level}.conv.weight"
         if key not in state_dict:
-            raise ValueError(f"{source}: not a StyleGAN2 generator state dict: "
+            raise CheckpointError(f"{source}: not a StyleGAN2 generator state dict: "
                              f"to_rgbs.{level} is present but {key} is missing")
         widths[2 ** (level + 3)] = state_dict[key].shape[1]
     size = 2 ** (n_levels + 2)
@@ -51,7 +52,7 @@ def infer_generator_config(state_dict: Mapping[str, torch.Tensor],
     config = dict(size=size, style_dim=style_dim, n_mlp=n_mlp,
                   channel_multiplier=multiplier, channel_max=channel_max)
     if channel_table(size, multiplier, channel_max) != widths:
-        raise ValueError(f"{source}: channel widths {widths} match no rosinality channel table "
+        raise CheckpointError(f"{source}: channel widths {widths} match no rosinality channel table "
                          f"(closest guess: {_describe(config)})")
     return config
 
@@ -84,15 +85,15 @@ def build_generator(state_dict: Mapping[str, torch.Tensor], size: Optional[int] 
     expected = generator.state_dict()
     for key, tensor in expected.items():
         if key not in state_dict:
-            raise ValueError(f"{source}: missing key '{key}' needed by Generator({_describe(config)}); "
+            raise CheckpointError(f"{source}: missing key '{key}' needed by Generator({_describe(config)}); "
                              f"the weights look like Generator({_describe(found)})")
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise ValueError(f"{source}: '{key}' has shape {list(state_dict[key].shape)} but "
+            raise CheckpointError(f"{source}: '{key}' has shape {list(state_dict[key].shape)} but "
                              f"Generator({_describe(config)}) expects {list(tensor.shape)}; the "
                              f"weights look like Generator({_describe(found)})")
     unexpected = sorted(set(state_dict) - set(expected))
     if unexpected:
-        raise ValueError(f"{source}: {len(unexpected)} keys that Generator({_describe(config)}) "
+        raise CheckpointError(f"{source}: {len(unexpected)} keys that Generator({_describe(config)}) "
                          f"does not have, e.g. {unexpected[:3]}; the weights look like "
                          f"Generator({_describe(found)})")
     generator.load_state_dict(state_dict, strict=True)
@@ -111,13 +112,13 @@ def load_generator(path: PathLike, size: Optional[int] = None,
     source = os.fspath(path)
     checkpoint = safe_load(path, map_location=map_location)
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source}: expected a dict (a rosinality checkpoint or a state dict), "
+        raise CheckpointError(f"{source}: expected a dict (a rosinality checkpoint or a state dict), "
                          f"got {type(checkpoint).__name__}")
     state_dict = checkpoint.get("g_ema", checkpoint)
     latent_avg = checkpoint.get("latent_avg") if "g_ema" in checkpoint else None
     if not isinstance(state_dict, Mapping) or "input.input" not in state_dict:
         keys = ", ".join(map(str, list(checkpoint)[:8]))
-        raise ValueError(f"{source}: no StyleGAN2 generator found: expected a 'g_ema' entry or a "
+        raise CheckpointError(f"{source}: no StyleGAN2 generator found: expected a 'g_ema' entry or a "
                          f"generator state dict (top-level keys: {keys})")
     generator = build_generator(state_dict, size=size, channel_multiplier=channel_multiplier,
                                 channel_max=channel_max, impl=impl, source=source)

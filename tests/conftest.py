@@ -40,9 +40,9 @@ TINY_PSP = ["model.generator.size=32", "model.generator.channel_max=16", "model.
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random pSp model file in our format (``PSP.save``), made once per session."""
     from psp.config import load_config
-    from psp.model import PSP
+    from psp.models.model import PSP
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
-    PSP.from_config(load_config([], TINY_PSP, purpose="infer").model).save(path)
+    PSP.from_config(load_config([], TINY_PSP, command="model").model).save(path)
     return path

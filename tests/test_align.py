@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psp.align import AlignError, align_face, detect_faces, face_detector, ffhq_quad, warp_quad
+from psp.inference.align import AlignError, align_face, detect_faces, face_detector, ffhq_quad, warp_quad
 
 skimage_data = pytest.importorskip("skimage.data")
 ASTRONAUT = Path(skimage_data.__file__).parent / "astronaut.png"  # NASA, public domain

@@ -1,4 +1,4 @@
-"""psp.data: paired folders, skipping bad files (also in workers), synthetic samples, the datamodule."""
+"""psp.training.data: paired folders, skipping bad files (also in workers), synthetic samples, the datamodule."""
 import warnings
 
 import numpy as np
@@ -10,14 +10,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from psp.config import DataConfig, TrainConfig
-from psp.data import (
+from psp.training.data import (
     DatasetError,
     PairedImageDataset,
     PSPDataModule,
-    SyntheticDataset,
     UnreadableImageWarning,
 )
-from psp.images import load_rgb, to_tensor
+from psp.io.images import load_rgb, to_tensor
+from psp.models.synthetic import SyntheticDataset
 
 
 def write_image(path, seed, size=(24, 20), fmt=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from psp.fetch import load_manifest
+from psp.io.fetch import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -142,8 +142,8 @@ def test_dockerignore_keeps_local_state_out():
                                                            "train.max_steps=10"]),
     (["infer", "/data/my images", "--out", "/runs/lat"], ["python", "/app/infer.py", "/data/my images",
                                                           "--out", "/runs/lat"]),
-    (["fetch", "stylegan2-ffhq-config-f.pt"], ["python", "-m", "psp.fetch", "stylegan2-ffhq-config-f.pt"]),
-    (["fetch", "list"], ["python", "-m", "psp.fetch", "list"]),
+    (["fetch", "stylegan2-ffhq-config-f.pt"], ["python", "-m", "psp.cli.main", "fetch", "stylegan2-ffhq-config-f.pt"]),
+    (["fetch", "list"], ["python", "-m", "psp.cli.main", "fetch", "list"]),
     (["python", "-m", "stylegan2.ops", "build"], ["python", "-m", "stylegan2.ops", "build"]),
     (["echo", "as", "given"], ["as given"]),
 ])

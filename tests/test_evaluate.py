@@ -1,4 +1,4 @@
-"""psp.evaluate end to end on a tiny model, and the metrics, statistics and report it is built from."""
+"""psp.evaluation.evaluate end to end on a tiny model, and the metrics, statistics and report it is built from."""
 import csv
 import json
 import math
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from psp.eval_report import Extremes, draw_report
-from psp.evaluate import main
-from psp.losses import LPIPSLoss
-from psp.metrics import ReconstructionMetrics, l2_per_image, summarize
+from psp.evaluation.report import Extremes, draw_report
+from psp.cli.evaluate import main
+from psp.models.lpips import LPIPSLoss
+from psp.evaluation.metrics import ReconstructionMetrics, l2_per_image, summarize
 
 SCHEMA_KEYS = {"format", "version", "mode", "created", "checkpoint", "config", "machine", "method", "n_images",
                "n_failed", "metrics", "seconds_per_image", "table", "table_markdown", "definitions", "failed"}
@@ -149,7 +149,7 @@ def test_synthetic_mode_writes_the_benchmark_table(checkpoint, tmp_path, capsys)
      "contradict"),
     (["--targets", "{photos}", "--outputs", "{photos}", "--refine-steps", "3", "--out", "{tmp}/o"],
      "--refine-steps needs --checkpoint"),
-    (["--checkpoint", "{ckpt}", "{photos}", "--out", "{tmp}/o", "--batch-size", "0"], "--batch-size must be"),
+    (["--checkpoint", "{ckpt}", "{photos}", "--out", "{tmp}/o", "--batch-size", "0"], "infer.batch_size' must be"),
     (["--checkpoint", "{ckpt}", "{photos}", "--out", "{tmp}/o", "--bogus"], "unrecognized arguments"),
 ])
 def test_usage_errors_are_one_line_with_exit_code_2(argv, message, checkpoint, photos, tmp_path, capsys):
@@ -170,7 +170,7 @@ def test_missing_lpips_backbone_is_a_usage_error(checkpoint, photos, tmp_path, m
     code = evaluate("--checkpoint", checkpoint, photos, "--out", tmp_path / "o")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert "alexnet-owt-7be5be79.pth" in err[-1] and "--lpips-weights" in err[-1] and "--no-lpips" in err[-1]
+    assert "alexnet-owt-7be5be79.pth" in err[-1] and "lpips.weights" in err[-1]
 
 
 def test_a_file_that_is_not_arcface_is_a_usage_error(checkpoint, photos, tmp_path, capsys):
@@ -178,7 +178,7 @@ def test_a_file_that_is_not_arcface_is_a_usage_error(checkpoint, photos, tmp_pat
     torch.save({"weight": torch.zeros(3)}, bogus)
     code = evaluate("--checkpoint", checkpoint, photos, "--out", tmp_path / "o", "--no-lpips", "--arcface", bogus)
     err = capsys.readouterr().err
-    assert code == 2 and "--arcface" in err and "not_arcface.pth" in err
+    assert code == 2 and "ArcFace" in err and "not_arcface.pth" in err
 
 
 # ----------------------------------------------------------------------------------------------

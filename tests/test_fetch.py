@@ -1,4 +1,4 @@
-"""psp.fetch: manifest, resumable verified downloads from a local HTTP server, the offline check."""
+"""psp.io.fetch: manifest, resumable verified downloads from a local HTTP server, the offline check."""
 import hashlib
 import io
 import json
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from psp import fetch as F
+from psp.cli.fetch import main as fetch_main
+from psp.io import fetch as F
 
 NAME = "tiny-generator.pt"
 
@@ -304,7 +305,7 @@ def test_require_weights_missing_official_file(tmp_path):
         F.require_weights("model_ir_se50.pth", tmp_path / "ckpt")
     message = str(info.value)
     assert message == (f"missing weights file 'model_ir_se50.pth': expected at {tmp_path}/ckpt/model_ir_se50.pth; "
-                       f"fetch it with: python -m psp.fetch model_ir_se50.pth --dir {tmp_path}/ckpt")
+                       f"fetch it with: psp fetch model_ir_se50.pth --dir {tmp_path}/ckpt")
     assert isinstance(info.value, FileNotFoundError)
 
 
@@ -385,26 +386,26 @@ def test_cli_fetch_list_check(tmp_path, server, capsys):
     folder = str(tmp_path / "weights")
     common = ["--dir", folder, "--manifest", manifest]
 
-    assert F.main(["check", NAME, *common]) == 1
-    assert F.main([NAME, *common, "--quiet"]) == 0  # `fetch` is the default command
-    assert F.main(["list", *common]) == 0
-    assert F.main(["check", *common]) == 0
+    assert fetch_main(["check", NAME, *common]) == 1
+    assert fetch_main([NAME, *common, "--quiet"]) == 0  # `fetch` is the default command
+    assert fetch_main(["list", *common]) == 0
+    assert fetch_main(["check", *common]) == 0
     out = capsys.readouterr().out
-    assert f"{NAME}: missing (python -m psp.fetch {NAME} --dir {folder})" in out
+    assert f"{NAME}: missing (psp fetch {NAME} --dir {folder})" in out
     assert f"{NAME}: ok ({folder}/{NAME})" in out
     assert re.search(rf"^{re.escape(NAME)} +160 kB  present", out, re.M)
     assert f"{NAME}: ok\n" in out
 
     Path(folder, NAME).write_bytes(b"broken")
-    assert F.main(["check", *common]) == 1
+    assert fetch_main(["check", *common]) == 1
     assert "FAILED: sha256" in capsys.readouterr().out
 
 
 def test_cli_usage_errors(tmp_path, capsys):
-    assert F.main(["fetch", "nope.pt", "--dir", str(tmp_path)]) == 2
+    assert fetch_main(["fetch", "nope.pt", "--dir", str(tmp_path)]) == 2
     assert "error: unknown weights file 'nope.pt'; official files: stylegan2-ffhq-config-f.pt" in capsys.readouterr().err
-    assert F.main(["a.pt", "b.pt", "--url", "http://127.0.0.1:9/x"]) == 2
-    assert F.main(["list", "--names"]) == 0
+    assert fetch_main(["a.pt", "b.pt", "--url", "http://127.0.0.1:9/x"]) == 2
+    assert fetch_main(["list", "--names"]) == 0
     assert set(capsys.readouterr().out.split()) == OFFICIAL
     assert list(tmp_path.iterdir()) == []
 
@@ -412,8 +413,8 @@ def test_cli_usage_errors(tmp_path, capsys):
 def test_cli_url_for_an_unlisted_file_checks_loadability(tmp_path, server, capsys):
     data = _weights_bytes()
     url = server.add("/mine.pt", data)
-    assert F.main(["fetch", "mine.pt", "--url", url, "--dir", str(tmp_path), "--quiet"]) == 0
+    assert fetch_main(["fetch", "mine.pt", "--url", url, "--dir", str(tmp_path), "--quiet"]) == 0
     assert (tmp_path / "mine.pt").read_bytes() == data
-    assert F.main(["fetch", "junk.pt", "--url", server.add("/junk", b"junk"), "--dir", str(tmp_path)]) == 1
+    assert fetch_main(["fetch", "junk.pt", "--url", server.add("/junk", b"junk"), "--dir", str(tmp_path)]) == 1
     assert "junk.pt downloaded from" in capsys.readouterr().err
     assert not (tmp_path / "junk.pt").exists()

@@ -1,4 +1,4 @@
-"""psp.images: every PIL mode and format to RGB, upright; bad files give one-line ImageLoadErrors."""
+"""psp.io.images: every PIL mode and format to RGB, upright; bad files give one-line ImageLoadErrors."""
 import os
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psp.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rgb, to_image, to_tensor
+from psp.io.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rgb, to_image, to_tensor
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

@@ -15,9 +15,9 @@ from PIL import Image
 from conftest import TINY_PSP
 from psp.cli.infer import main
 from psp.config import load_config
-from psp.images import load_rgb, to_tensor
-from psp.model import PSP
-from psp.outputs import load_latent
+from psp.io.images import load_rgb, to_tensor
+from psp.models.model import PSP
+from psp.inference.outputs import load_latent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,7 +180,7 @@ def test_bf16_on_cpu_is_close_to_fp32(photos, checkpoint, model, tmp_path):
 def test_refine_hook_changes_the_codes(photos, checkpoint, model, tmp_path):
     out = tmp_path / "out"
     assert infer(photos / "a.jpg", "--out", out, "--checkpoint", checkpoint, "--refine-steps", 3,
-                 "infer.refine_lpips=0", "infer.refine_lr=0.05", "--workers", 0) == 0
+                 "refine.lpips=0", "refine.lr=0.05", "--workers", 0) == 0
     codes, meta = load_latent(out / "a.pt")
     assert meta["refine_steps"] == 3
     assert not torch.allclose(codes, _encode(model, photos / "a.jpg"))
@@ -262,7 +262,7 @@ def test_existing_manifest_needs_resume(photos, checkpoint, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     other = tmp_path / "other.pt"
     torch.manual_seed(1)
-    PSP.from_config(load_config([], TINY_PSP, purpose="infer").model).save(other)
+    PSP.from_config(load_config([], TINY_PSP, command="model").model).save(other)
     assert infer(photos / "a.jpg", "--out", out, "--checkpoint", other, "--resume", "--workers", 0) == 2
     assert "checkpoint sha256" in capsys.readouterr().err
     assert (out / "manifest.jsonl").read_text() == manifest
@@ -308,9 +308,9 @@ def test_render_npy_needs_a_checkpoint(photos, checkpoint, tmp_path, capsys):
 # infer.py with a sleep in each encode, so the test can SIGKILL it part-way through.
 SLOW_INFER = """
 import sys, time
-import psp.model
-encode = psp.model.PSP.encode
-psp.model.PSP.encode = lambda self, x: (time.sleep(0.25), encode(self, x))[1]
+import psp.models.model
+encode = psp.models.model.PSP.encode
+psp.models.model.PSP.encode = lambda self, x: (time.sleep(0.25), encode(self, x))[1]
 from psp.cli.infer import main
 sys.exit(main(sys.argv[1:]))
 """

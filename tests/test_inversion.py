@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from psp.cli import UsageError
-from psp.inversion import (autocast_for, check_output_folder, collect_jobs, finished_outputs,
-                           plan_jobs, resolve_device, stream_images)
-from psp.config import InferConfig
-from psp.outputs import (LatentFileError, Manifest, atomic_write, load_latent, read_manifest, save_latent,
-                         save_png)
+from psp.errors import InputError
+from psp.inference.engine import autocast_for, resolve_device
+from psp.inference.jobs import check_output_folder, collect_jobs, finished_outputs, plan_jobs
+from psp.inference.outputs import LatentFileError, Manifest, load_latent, read_manifest, save_latent, save_png
+from psp.inference.stream import stream_images
+from psp.io.atomic import atomic_write
 
 
 def _image(path: Path, size=(40, 40)) -> Path:
@@ -94,18 +94,18 @@ def test_input_mistakes_are_usage_errors(tmp_path, monkeypatch, spec, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.md").write_text("not an image")
     (tmp_path / "paths.txt").write_text("a.png\n")
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InputError, match=message):
         collect_jobs([spec])
 
 
 def test_out_checks(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UsageError, match="is a file"):
+    with pytest.raises(InputError, match="is a file"):
         check_output_folder(tmp_path / "file", [tmp_path / "in"])
-    with pytest.raises(UsageError, match="inside the input folder"):
+    with pytest.raises(InputError, match="inside the input folder"):
         check_output_folder(tmp_path / "in" / "out", [tmp_path / "in"])
-    with pytest.raises(UsageError, match="inside the input folder"):
+    with pytest.raises(InputError, match="inside the input folder"):
         check_output_folder(tmp_path / "in", [tmp_path / "in"])
     check_output_folder(tmp_path / "new" / "out", [tmp_path / "in"])  # fine, created later
 
@@ -213,9 +213,9 @@ def test_finished_outputs_follow_the_latest_line(tmp_path):
 def test_resume_rules(tmp_path):
     assert finished_outputs(tmp_path, resume=False, checkpoint_sha256="abc") == set()  # fresh folder
     _manifest(tmp_path, {"type": "run", "checkpoint_sha256": "abc"})
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(InputError, match="--resume"):
         finished_outputs(tmp_path, resume=False, checkpoint_sha256="abc")
-    with pytest.raises(UsageError, match="checkpoint sha256"):
+    with pytest.raises(InputError, match="checkpoint sha256"):
         finished_outputs(tmp_path, resume=True, checkpoint_sha256="def")
 
 
@@ -226,14 +226,14 @@ def test_resume_rules(tmp_path):
 def test_devices_and_precisions():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(UsageError, match="use auto, cpu, cuda or cuda:N"):
+    with pytest.raises(InputError, match="use auto, cpu, cuda or cuda:N"):
         resolve_device("gpu0")
-    with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
         autocast_for(torch.device("cpu"), "fp16")
     with autocast_for(torch.device("cpu"), "bf16")():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="no CUDA device"):
+        with pytest.raises(InputError, match="no CUDA device"):
             resolve_device("cuda:0")
 
 
@@ -242,9 +242,8 @@ def test_stream_keeps_order_reports_failures_and_the_last_batch(tmp_path, worker
     paths = [_image(tmp_path / f"{i}.png") for i in range(5)]
     (tmp_path / "bad.png").write_bytes(b"not an image")
     paths.insert(2, tmp_path / "bad.png")
-    cfg = InferConfig(batch_size=4, num_workers=workers)
-    batches = list(stream_images(paths, 32, cfg, pin_memory=False))
+    batches = list(stream_images([paths], 32, batch_size=4, num_workers=workers))
     assert [b.indices for b in batches] == [[0, 1, 3], [4, 5]]
     assert batches[0].failures == [(2, "not an image (unknown or unsupported format)")]
-    assert batches[0].images.shape == (3, 3, 32, 32) and batches[1].images.shape == (2, 3, 32, 32)
+    assert batches[0].images.shape == (3, 1, 3, 32, 32) and batches[1].images.shape == (2, 1, 3, 32, 32)
     assert batches[0].images.min() >= -1 and batches[0].images.max() <= 1

@@ -1,4 +1,4 @@
-"""psp.losses: hand-computed values, LPIPS and identity semantics, frozen nets, offline LPIPS weights."""
+"""psp.training.losses: hand-computed values, LPIPS and identity semantics, frozen nets, offline LPIPS weights."""
 import urllib.error
 
 import pytest
@@ -7,17 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from psp.config import LossConfig
-from psp.losses import (
-    ID_CROP_256,
-    FrozenModule,
-    IDLoss,
-    LPIPSLoss,
-    LPIPSWeightsError,
-    PSPLoss,
-    id_crop_box,
-    l2_loss,
-    w_norm_loss,
-)
+from psp.models.frozen import FrozenModule
+from psp.models.identity import ID_CROP_256, IDLoss, id_crop_box
+from psp.models.lpips import LPIPSLoss, LPIPSWeightsError
+from psp.training.losses import PSPLoss, l2_loss, w_norm_loss
 
 ALEX_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -134,7 +127,7 @@ def test_lpips_offline_missing_backbone_error(offline):
         LPIPSLoss()
     message = str(info.value)
     assert "\n" not in message
-    assert ALEX_FILE in message and "loss.lpips_weights" in message and "download.pytorch.org" in message
+    assert ALEX_FILE in message and "lpips.weights" in message and "download.pytorch.org" in message
     with pytest.raises(LPIPSWeightsError, match="nowhere.pth.*do not exist"):
         LPIPSLoss(weights_path="/nowhere.pth")
 
@@ -182,7 +175,7 @@ def test_id_loss_ignores_pixels_outside_the_crop():
 
 def test_real_arcface_is_locked_in_eval():
     """With the real IR-SE-50 (BatchNorm, Dropout, PReLU): frozen and in eval after .train()."""
-    arcface_module = pytest.importorskip("psp.nets.arcface")
+    arcface_module = pytest.importorskip("psp.models.arcface")
     loss = PSPLoss.from_config(LossConfig(l2=0.0, lpips=0.0, id=1.0), arcface=arcface_module.ArcFace())
     nn.Sequential(loss).train()
     assert not any(m.training for m in loss.id_loss.modules())

@@ -1,4 +1,4 @@
-"""psp.model: PSP built from config, our inference file format, w_avg sources, ArcFace init."""
+"""psp.models.model: PSP built from config, our inference file format, w_avg sources, ArcFace init."""
 import dataclasses
 import os
 
@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from psp.config import EncoderConfig, GeneratorConfig, ModelConfig, WAvgConfig
-from psp.model import FORMAT, PSP, build_encoder, estimate_w_avg
-from psp.nets.arcface import ArcFace
-from psp.nets.official import to_official
+from psp.models.inference import InferenceModel
+from psp.models.model import FORMAT, PSP, build_encoder, estimate_w_avg
+from psp.models.arcface import ArcFace
+from psp.models.official import to_official
 from stylegan2 import Generator
 
 TINY_GEN = GeneratorConfig(size=32, style_dim=32, n_mlp=2, channel_multiplier=1, channel_max=16)
@@ -199,11 +200,33 @@ def test_encoder_init_copies_the_arcface_body(arcface_file, input_nc):
     assert torch.equal(body["stem.conv.weight"], source["stem.conv.weight"]) == (input_nc == 3)
 
 
-def test_optimize_for_inference_keeps_codes_and_blocks_saving(model, x, tmp_path):
+def test_inference_form_keeps_codes_and_cannot_be_saved(model, x, tmp_path):
     with torch.no_grad():
-        before = model(x, return_latents=True)
-        model.optimize_for_inference()
-        after = model(x, return_latents=True)
-    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="optimize_for_inference"):
-        model.save(tmp_path / "psp.pt")
+        images, codes = model(x, return_latents=True)
+        fast = model.for_inference()
+        fast_codes = fast.encode(x.contiguous(memory_format=torch.channels_last))
+        fast_images = fast.decode(fast_codes)
+    torch.testing.assert_close(fast_codes, codes, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_images, images, rtol=1e-4, atol=1e-5)
+    assert not hasattr(fast, "save") and not hasattr(fast, "state_dict") and not hasattr(fast, "train")
+    with pytest.raises(TypeError, match="cannot be saved"):
+        torch.save(fast, tmp_path / "fast.pt")
+
+
+def test_model_saved_after_making_its_inference_form_loads_back(model, x, tmp_path):
+    # Regression: the fused encoder used to be made in place, so the model saved a file that
+    # PSP.from_checkpoint refused ("unexpected key 'backbone.stem.conv.bias'").
+    model.for_inference()
+    model.save(tmp_path / "psp.pt")
+    loaded = PSP.from_checkpoint(tmp_path / "psp.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), model.encode(x))
+
+
+def test_inference_form_from_checkpoint_matches_the_model(model, x, tmp_path):
+    model.save(tmp_path / "psp.pt")
+    fast = InferenceModel.from_checkpoint(tmp_path / "psp.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode(x), model.encode(x), rtol=1e-4, atol=1e-5)
+    assert all(not p.requires_grad for p in fast.generator.parameters())
+    assert not fast.encoder.training and not fast.generator.training

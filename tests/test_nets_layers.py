@@ -1,9 +1,9 @@
-"""psp.nets.layers: SE, ECA, BlurPool, SpaceToDepth and the string factories."""
+"""psp.models.nets.layers: SE, ECA, BlurPool, SpaceToDepth and the string factories."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from psp.nets.layers import (
+from psp.models.nets.layers import (
     BlurPool2d,
     EfficientChannelAttention,
     SpaceToDepth,

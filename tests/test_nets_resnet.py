@@ -1,15 +1,15 @@
-"""psp.nets.blocks / resnet / pyramid / fuse: every option combination on tiny inputs."""
+"""psp.models.nets.blocks / resnet / pyramid / fuse: every option combination on tiny inputs."""
 import itertools
 
 import pytest
 import torch
 from torch import nn
 
-from psp.nets.blocks import IRBlock, Shortcut
-from psp.nets.fuse import fuse_bn_for_inference, optimize_for_inference
-from psp.nets.layers import get_attn
-from psp.nets.pyramid import GradualStyleEncoder
-from psp.nets.resnet import DEPTH_PRESETS, ResNet, stage_layers
+from psp.models.nets.blocks import IRBlock, Shortcut
+from psp.models.nets.fuse import fuse_bn_for_inference, optimize_for_inference
+from psp.models.nets.layers import get_attn
+from psp.models.nets.pyramid import GradualStyleEncoder
+from psp.models.nets.resnet import DEPTH_PRESETS, ResNet, stage_layers
 
 BLOCKS = ("ir", "ir_se", "basic", "bottleneck")
 ATTENTIONS = ("none", "se", "eca")

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp.model import PSP, estimate_w_avg
-from psp.nets.arcface import ArcFace, load_arcface
-from psp.nets.official import from_official, official_key_map, to_official
-from psp.nets.pyramid import GradualStyleEncoder
-from psp.nets.resnet import ResNet
+from psp.models.model import PSP, estimate_w_avg
+from psp.models.arcface import ArcFace
+from psp.models.official import load_arcface
+from psp.models.official import from_official, official_key_map, to_official
+from psp.models.nets.pyramid import GradualStyleEncoder
+from psp.models.nets.resnet import ResNet
 from stylegan2 import Generator
 
 # IR-SE-50 body: (in_channel, depth, units) per stage; the first unit of a stage has stride 2.

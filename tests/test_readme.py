@@ -1,7 +1,7 @@
 """The README stays true: its config reference is the schema's, its set-up is what CI runs."""
 from pathlib import Path
 
-from psp.config import README_END, README_START, markdown_reference
+from psp.config import REFERENCE_END as README_END, REFERENCE_START as README_START, markdown_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp.refine import refine, refine_codes
+from psp.inference.refine import refine, refine_codes
 from stylegan2 import Generator
 
 SIZE, STYLE_DIM = 32, 32

@@ -16,11 +16,11 @@ import pytest
 import pytorch_lightning as L
 import torch
 
-import psp.training as training
-from psp.cli import UsageError
+import psp.training.run as training
+from psp.errors import InputError
 from psp.config import OptimConfig
-from psp.optim import Ranger, build_optimizer
-from psp.training import resolve_resume, run
+from psp.training.optim import Ranger, build_optimizer
+from psp.training.run import resolve_resume, run
 from test_system import tiny_config, write_tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,9 +172,9 @@ def test_resume_auto_without_checkpoint_starts_fresh(tmp_path, capsys):
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    with pytest.raises(UsageError, match="--resume auto"):
+    with pytest.raises(InputError, match="--resume auto"):
         resolve_resume(tmp_path, None)
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         resolve_resume(tmp_path, str(tmp_path / "other.ckpt"))
     assert resolve_resume(tmp_path, "auto") == str(tmp_path / "checkpoints" / "last.ckpt")
 

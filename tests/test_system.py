@@ -12,11 +12,11 @@ import yaml
 from torch import nn
 
 from psp.config import ConfigError, load_config, to_dict
-from psp.data import PSPDataModule
-from psp.losses import PSPLoss
-from psp.model import PSP
-from psp.system import PSPSystem
-from psp.training import build_trainer, run
+from psp.training.data import PSPDataModule
+from psp.training.losses import PSPLoss
+from psp.models.model import PSP
+from psp.training.system import PSPSystem
+from psp.training.run import build_trainer, run
 
 TINY = [
     "model.encoder.block=ir_se", "model.encoder.layers=[1,1,1,1]", "model.encoder.widths=[8,16,16,32]",

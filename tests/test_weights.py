@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from psp.weights import CheckpointFormatError, UnsafeCheckpointError, safe_load
+from stylegan2.io import CheckpointFormatError, UnsafeCheckpointError, safe_load
 from test_stylegan2_io import RunsACommand
 
 

@@ -1,33 +1,13 @@
-"""Command-line entry points. Each CLI parses, loads the config and hands over; no model logic."""
-from __future__ import annotations
+"""Command-line entry points: all argument parsing lives here; each command parses, loads its
+config and hands over to the library. ``psp`` (``psp.cli.main``) is the console script with one
+subcommand per command; ``train.py`` and ``infer.py`` at the repository root call the same code.
 
-import functools
+Importing this package is what starting a command means, so it sets the one process-wide
+setting the library itself never touches: transparent huge pages for PyTorch's large CPU
+buffers (~15% faster at 1024 px on CPU: fewer page faults per fresh activation). PyTorch reads it
+at its first allocation, so it must be set before anything imports torch; a value set by the
+user wins.
+"""
 import os
-import sys
-from typing import Callable
 
-# Transparent huge pages for PyTorch's large CPU buffers (~15% faster at 1024 px on CPU: fewer page
-# faults per fresh activation). PyTorch reads it on its first allocation, so every CLI sets it here,
-# before anything imports torch.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-from psp.config import ConfigError  # noqa: E402
-
-
-class UsageError(ValueError):
-    """A user mistake on the command line (missing checkpoint, empty input, ...); exit code 2."""
-
-
-def report_user_errors(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a CLI ``main``: config and usage mistakes become one line on stderr and exit code 2.
-
-    Only our own user-facing exceptions are caught; a bug still shows its traceback.
-    """
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs)
-        except (ConfigError, UsageError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return wrapper

@@ -1,7 +1,8 @@
 """``infer.py``: invert images into W+ latents; ``infer.py render``: latents back into images.
 
-Settings come from the ``infer`` config section: defaults <- ``--config`` files <- ``key=value``
-overrides <- flags (a flag given on the command line always wins). The model's own config comes
+Settings come from the config sections the command reads (``infer``, ``refine``, ``lpips``, ``ops``;
+render: ``infer``, ``ops``): defaults <- ``--config`` files <- ``key=value`` overrides <- flags (a
+flag given on the command line always wins). The model's own config comes
 from the checkpoint. Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage/config error
 (reported before any file is written), 130 interrupted.
 """
@@ -13,24 +14,24 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
-
-from psp.cli import UsageError, report_user_errors
-from psp.config import Config, load_config, to_dict, validate
-from psp.inversion import (Inversion, Summary, autocast_for, check_output_folder, collect_jobs,
-                           finished_outputs, load_model, resolve_device)
-from psp.outputs import Manifest
+from psp.cli.common import Parser, apply_ops, report_user_errors
+from psp.config import Config, check_paths, load_config, to_yaml, validate
+from psp.errors import InputError
+from psp.inference.engine import Engine, load_inference_model, resolve_device
+from psp.inference.invert import Inversion
+from psp.inference.jobs import Summary, check_output_folder, collect_jobs, finished_outputs
+from psp.inference.outputs import Manifest
 from stylegan2.io import sha256_file
-from stylegan2.ops import set_default_impl
 
 # A positional argument such as ``infer.batch_size=8`` is a config override, not an input path.
 OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")
 
-# argparse destination -> ``infer.*`` key.
-FLAG_KEYS = {"checkpoint": "checkpoint", "format": "format", "batch_size": "batch_size",
-             "device": "device", "precision": "precision", "save_images": "save_images",
-             "side_by_side": "side_by_side", "refine_steps": "refine_steps", "align": "align",
-             "workers": "num_workers"}
+# argparse destination -> config key (section, name).
+FLAG_KEYS = {"checkpoint": ("infer", "checkpoint"), "format": ("infer", "format"),
+             "batch_size": ("infer", "batch_size"), "device": ("infer", "device"),
+             "precision": ("infer", "precision"), "save_images": ("infer", "save_images"),
+             "side_by_side": ("infer", "side_by_side"), "refine_steps": ("refine", "steps"),
+             "align": ("infer", "align"), "workers": ("infer", "num_workers")}
 
 EPILOG = """\
 inputs: image files, folders (searched recursively) and @LIST text files (one path per line,
@@ -38,13 +39,6 @@ inputs: image files, folders (searched recursively) and @LIST text files (one pa
 Exit codes: 0 all succeeded, 1 some inputs failed (see manifest.jsonl), 2 usage or config error.
 Render saved latents: infer.py render LATENTS... --out DIR [--checkpoint PATH]
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are UsageErrors (one line, exit code 2) instead of usage dumps."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +53,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def invert_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="infer.py", description="Invert images into StyleGAN2 W+ latents with a pSp encoder.",
+    parser = Parser(prog="infer.py", description="Invert images into StyleGAN2 W+ latents with a pSp encoder.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image file, folder, @LIST file, or a key=value config override")
@@ -71,16 +65,16 @@ def invert_parser() -> argparse.ArgumentParser:
     parser.add_argument("--side-by-side", action="store_const", const=True,
                         help="reconstructions as input | output pairs; implies --save-images")
     parser.add_argument("--resume", action="store_true", help="continue a run: skip finished outputs")
-    parser.add_argument("--refine-steps", type=int, help="optimise W+ for N steps (infer.refine_steps)")
+    parser.add_argument("--refine-steps", type=int, help="optimise W+ for N steps (refine.steps)")
     parser.add_argument("--align", action="store_const", const=True,
                         help="FFHQ-style face alignment first (infer.align)")
     parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved infer config and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
 
 def render_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="infer.py render", description="Render saved W+ latents (.pt or .npy) into PNG images.")
+    parser = Parser(prog="infer.py render", description="Render saved W+ latents (.pt or .npy) into PNG images.")
     parser.add_argument("inputs", nargs="*", metavar="LATENTS",
                         help="latent file, folder, @LIST file, or a key=value config override")
     _common_flags(parser)
@@ -90,47 +84,47 @@ def render_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, Config]:
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str],
+           command: str) -> tuple[argparse.Namespace, Config]:
     """Arguments and the resolved config (flags applied over files and overrides, then re-validated)."""
     args = parser.parse_intermixed_args(argv)
     overrides = [a for a in args.inputs if OVERRIDE.match(a)]
     args.inputs = [a for a in args.inputs if not OVERRIDE.match(a)]
-    config = load_config(args.config, overrides, purpose="infer")
-    for dest, key in FLAG_KEYS.items():
+    config = load_config(args.config, overrides, command=command)
+    for dest, (section, key) in FLAG_KEYS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            setattr(config.infer, key, value)
-    validate(config, purpose="infer")
-    set_default_impl(config.ops.impl)
+            setattr(getattr(config, section), key, value)
+    validate(config, command)
+    apply_ops(config.ops)
     return args, config
 
 
 def _require_inputs_and_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.inputs:
-        raise UsageError(f"no input given; usage: {parser.prog} INPUT [INPUT ...] --out DIR")
+        raise InputError(f"no input given; usage: {parser.prog} INPUT [INPUT ...] --out DIR")
     if args.out is None:
-        raise UsageError("--out DIR is required")
+        raise InputError("--out DIR is required")
 
 
 def invert(argv: Sequence[str]) -> int:
     parser = invert_parser()
-    args, config = _parse(parser, argv)
+    args, config = _parse(parser, argv, "infer")
     if args.print_config:
-        print(yaml.safe_dump({"infer": to_dict(config.infer), "ops": to_dict(config.ops)}, sort_keys=False), end="")
+        print(to_yaml(config, "infer"), end="")
         return 0
     _require_inputs_and_out(parser, args)
+    check_paths(config, "infer")
     cfg = config.infer
     jobs, folders = collect_jobs(args.inputs)
     check_output_folder(args.out, folders)
     device = resolve_device(cfg.device)
-    autocast_for(device, cfg.precision)
     checkpoint = Path(cfg.checkpoint)
-    model = load_model(checkpoint, device)
+    engine = Engine(load_inference_model(checkpoint, device), device, cfg.precision, config.refine)
     sha256 = sha256_file(checkpoint)
     done = finished_outputs(args.out, args.resume, sha256)
-    run = Inversion(model, cfg, args.out, device, checkpoint, sha256, quiet=args.quiet,
-                    lpips_net=config.loss.lpips_net, lpips_weights=config.loss.lpips_weights)
-    run.prepare()
+    run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet)
+    run.prepare(config.lpips)
     summary = _until_io_error(lambda: run.run(jobs, done), "rerun with --resume to continue")
     if summary is None:
         return 1
@@ -151,25 +145,24 @@ def _until_io_error(run: Callable[[], Summary], hint: str) -> Optional[Summary]:
 
 
 def render(argv: Sequence[str]) -> int:
-    from psp.render import LATENTS, Render, list_latents, recorded_checkpoint
+    from psp.inference.render import LATENTS, Render, list_latents, recorded_checkpoint
 
     parser = render_parser()
-    args, config = _parse(parser, argv)
+    args, config = _parse(parser, argv, "render")
     _require_inputs_and_out(parser, args)
     jobs, folders = collect_jobs(args.inputs, list_latents, LATENTS)
     check_output_folder(args.out, folders)
     device = resolve_device(config.infer.device)
-    autocast_for(device, config.infer.precision)
     if args.checkpoint is not None:
         checkpoint, expected_sha256 = Path(args.checkpoint), None
     else:
         checkpoint, expected_sha256 = recorded_checkpoint(jobs)
         if expected_sha256 and sha256_file(checkpoint) != expected_sha256:
-            raise UsageError(f"checkpoint '{checkpoint}' changed since the latents were made (sha256 "
+            raise InputError(f"checkpoint '{checkpoint}' changed since the latents were made (sha256 "
                              "differs); pass --checkpoint PATH to render with it anyway")
-    model = load_model(checkpoint, device)
-    run = Render(model, args.out, device, config.infer.precision, config.infer.batch_size,
-                 args.full_resolution, expected_sha256, quiet=args.quiet)
+    engine = Engine(load_inference_model(checkpoint, device), device, config.infer.precision)
+    run = Render(engine, args.out, config.infer.batch_size, args.full_resolution, expected_sha256,
+                 quiet=args.quiet)
     summary = _until_io_error(lambda: run.run(jobs), "rerun to finish")
     if summary is None:
         return 1
@@ -186,3 +179,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished outputs are kept (infer: rerun with --resume to continue)", file=sys.stderr)
         return 130
+
+
+def invert_main(argv: Sequence[str]) -> int:
+    """``psp infer ...`` (the same as ``infer.py ...``)."""
+    return main(list(argv))
+
+
+def render_main(argv: Sequence[str]) -> int:
+    """``psp render ...`` (the same as ``infer.py render ...``)."""
+    return main(["render", *argv])

@@ -5,21 +5,13 @@ import argparse
 import os
 import sys
 
-from psp.cli import UsageError, report_user_errors
+from psp.cli.common import Parser, apply_ops, report_user_errors
 from psp.config import load_config, to_yaml
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports mistakes as a UsageError (one line, exit 2) instead of printing usage."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(f"{message} (see --help)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="train.py",
-        allow_abbrev=False,  # --res must not silently mean --resume
         description="Train a pSp encoder into the W+ space of a frozen StyleGAN2 generator.",
         epilog="Example: python train.py --config demo train.max_steps=200 train.output_dir=runs/try")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
@@ -37,14 +29,15 @@ def _parser() -> argparse.ArgumentParser:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    config = load_config(args.config, args.overrides, purpose="train")
+    config = load_config(args.config, args.overrides, command="train")
     if args.print_config:
-        print(to_yaml(config), end="")
+        print(to_yaml(config, "train"), end="")
         return 0
+    apply_ops(config.ops)
     # Imported here so --help, --print-config and config errors answer without loading torch.
     import torch.distributed as dist
 
-    from psp.training import run
+    from psp.training.run import run
 
     code = run(config, resume=args.resume)
     if dist.is_available() and dist.is_initialized():

@@ -1,6 +1,4 @@
-"""The encoder-side networks as plain nn.Modules (no Lightning).
+"""The documented import path of the ArcFace loader: ``from psp.nets.arcface import load_arcface``.
 
-layers (SE, ECA, BlurPool, SpaceToDepth, factories) -> blocks (IR, basic, bottleneck) -> resnet
-(configurable backbone with feature_info) -> pyramid (W+ head) and arcface (recogniser);
-official maps the released weights' names to ours; fuse folds BN for inference.
+The encoder networks themselves live in ``psp.models.nets``; ArcFace in ``psp.models.arcface``.
 """
