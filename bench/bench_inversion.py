@@ -53,7 +53,7 @@ from psp.config import load_config  # noqa: E402
 from psp.inference.engine import Engine  # noqa: E402
 from psp.models.model import PSP  # noqa: E402
 
-# Seconds per batch of the original pSp code on the 2-core CPU machine (SPEC §10), and the targets.
+# Seconds per batch of the original pSp code on the 2-core CPU machine (docs/benchmarks.md), and the targets.
 ORIGINAL_CPU_SECONDS = {1: 5.4, 4: 38.0}
 TARGET_SPEEDUP = {1: 1.3, 4: 3.0}
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -176,7 +176,7 @@ def bench_batch(model: PSP, plain_encoder: torch.nn.Module, batch: int, modes: l
 
 def speedups(results: list[dict], device: torch.device, size: int) -> list[dict]:
     """Per batch and precision: ours against psp_like fp32, the original measured here (with
-    --reference) and the SPEC's figures of the original (CPU, 1024)."""
+    --reference) and the original code's figures on the reference machine (CPU, 1024)."""
     out = []
     baselines = {mode: {r["batch"]: r["median_s"] for r in results if r.get("mode") == mode}
                  for mode in ("psp_like", "original")}

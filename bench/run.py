@@ -61,7 +61,7 @@ class Preset:
 
 PRESETS = {
     "cpu-small": Preset(
-        "CPU, small sizes: about 4 minutes on an idle 2-core machine (trends, not the SPEC targets)",
+        "CPU, small sizes: about 4 minutes on an idle 2-core machine (trends, not the targets of docs/benchmarks.md)",
         (Run("generator", "cpu-128", ("--size", "128", "--batch", "1", "4", "--repeats", "2")),
          Run("encoder", "cpu", ("--device", "cpu", "--batch", "1", "4", "--repeats", "2")),
          Run("inversion", "cpu-128", ("--device", "cpu", "--size", "128", "--batch-sizes", "1", "4",
@@ -70,7 +70,7 @@ PRESETS = {
                                  "--size", "64", "--channel-max", "64", "--input-size", "64"))),
         timeout_s=900),
     "cpu-full": Preset(
-        "CPU, the SPEC section 10 setting: 1024 generator, batch 1 and 4 (tens of minutes on 2 cores)",
+        "CPU, the setting of the targets in docs/benchmarks.md: 1024 generator, batch 1 and 4 (tens of minutes on 2 cores)",
         (Run("generator", "cpu-1024", ("--size", "1024", "--batch", "1", "4", "--repeats", "3")),
          Run("inversion", "cpu-1024", ("--device", "cpu", "--size", "1024", "--batch-sizes", "1", "4",
                                        "--repeats", "3"))),

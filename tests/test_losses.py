@@ -146,7 +146,7 @@ def test_lpips_wrong_weights_file(offline, tmp_path):
 
 
 def explicit_id(net, y_hat, y, box):
-    """The identity loss written out from SPEC §5: crop, adaptive average pool, 1 - dot."""
+    """The identity loss written out from pSp's definition (docs/design.md): crop, adaptive average pool, 1 - dot."""
     top, bottom, left, right = box
     embed = lambda x: net(F.adaptive_avg_pool2d(x[:, :, top:bottom, left:right], (112, 112)))  # noqa: E731
     similarity = (embed(y_hat) * embed(y)).sum(dim=1)

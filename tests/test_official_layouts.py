@@ -1,6 +1,6 @@
 """Released-weight layouts: pSp encoder files and ArcFace `model_ir_se50.pth`.
 
-The official state dicts are built here from the SPEC facts alone (names and shapes), filled with
+The official state dicts are built here from the documented facts alone (docs/design.md) (names and shapes), filled with
 random numbers, and pushed through an independent float64 functional forward written from the
 official definition (`oracle_*`). Our modules must load them strictly, round-trip the names, and
 reproduce the oracle's outputs.
@@ -25,7 +25,7 @@ PSP_TAPS = {6: "c1", 20: "c2", 23: "c3"}  # pSp's hard-coded body indices
 N_STYLES = 8  # a 32 px generator: enough rows to reach all three pyramid levels
 
 
-# ---------------------------------------------------------------- official layouts from the SPEC
+# ---------------------------------------------------------------- official layouts from the documented facts
 
 
 def _bn_shapes(prefix, c):
@@ -163,7 +163,7 @@ def oracle_arcface(sd, x):
 
 
 def assert_matches_oracle(ours, oracle):
-    """SPEC §10 parity: max abs error <= 1e-3 x std of the reference (float32 vs float64)."""
+    """Parity target: max abs error <= 1e-3 x std of the reference (float32 vs float64)."""
     err = (ours.double() - oracle).abs().max().item()
     assert err <= 1e-3 * oracle.std().item(), f"max error {err:.3g} vs std {oracle.std().item():.3g}"
 

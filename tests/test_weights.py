@@ -1,4 +1,4 @@
-"""Safe checkpoint IO as the psp package uses it (SPEC §7); the crafted-pickle attack on a torch
+"""Safe checkpoint IO as the psp package uses it (docs/design.md, "Loading files safely"); the crafted-pickle attack on a torch
 file itself is in test_stylegan2_io.py."""
 import argparse
 import os
