@@ -19,6 +19,7 @@ import collections
 import io
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -99,7 +100,13 @@ def _load_from_bytes(data):
     if not isinstance(data, bytes):
         raise UnsafeCheckpointError("refused: torch.storage._load_from_bytes got no bytes")
     # torch's own version calls torch.load(weights_only=False) on these bytes.
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        raise UnsafeCheckpointError(
+            "refused: an embedded tensor storage is not plain tensor data"
+            + (f" (it names '{found.group(1)}')" if found else "")) from None
 
 
 ALLOWED = {
