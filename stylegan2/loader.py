@@ -7,6 +7,7 @@ channel_multiplier (and a channel cap, for small models) from the conv widths.
 """
 import os
 import re
+import zipfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -136,8 +137,10 @@ def load_generator(path: PathLike, size: Optional[int] = None,
 
 
 def _is_nvidia(source: str) -> bool:
+    """A ``.pkl`` that is not torch's zip format, or any file naming NVIDIA's persistence module
+    (checked on the bytes; nothing is unpickled)."""
     from .nvidia import is_nvidia_pickle
-    return source.endswith(".pkl") or is_nvidia_pickle(source)
+    return (source.endswith(".pkl") and not zipfile.is_zipfile(source)) or is_nvidia_pickle(source)
 
 
 def load_nvidia_generator(path: PathLike):

@@ -33,7 +33,7 @@ def test_embedded_source_is_never_run(tmp_path, monkeypatch):
     nv.dump({"G_ema": G}, path)
     assert payload.encode() in path.read_bytes()
     monkeypatch.setattr(os, "system", lambda *a: pytest.fail("os.system was called"))
-    generator, w_avg = load_generator(path)
+    _, w_avg = load_generator(path)
     assert not marker.exists()
     torch.testing.assert_close(w_avg, G.mapping.w_avg)
     record = load_nvidia_pickle(path)["G_ema"]
@@ -77,3 +77,14 @@ def test_persistence_record_of_other_type_is_refused(tmp_path):
         pickle.dump(_Call(nv._reconstruct_persistent_obj, {"type": "function", "state": {}}), f)
     with pytest.raises(UnsafeCheckpointError, match="type 'class'"):
         load_nvidia_pickle(path)
+
+
+def test_convert_refuses_an_unsafe_pickle_in_one_line(tmp_path, capsys):
+    from stylegan2.convert import main
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(_Call(os.system, "echo pwned"), f)
+    assert main([str(path), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refused" in err and "system" in err and "\n" not in err
+    assert not (tmp_path / "out.pt").exists()
