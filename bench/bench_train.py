@@ -14,7 +14,7 @@ Modes (``--mode``, default ``both``: each in its own process, then the ratios):
 - ``psp_like``: the original pSp loop's way in our code, always fp32, with the generator's
   per-sample grouped convolutions (``fused_modconv=True``, as rosinality's model); the rest of the
   step is the same as ``ours``.
-  The same-machine baseline for the training target (docs/benchmarks.md: faster per step at batch 8, with
+  The same-machine baseline for the training target (docs/benchmarks.md: 1.5x faster per step at batch 8, with
   equal or lower peak memory).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak resident set size

@@ -78,7 +78,11 @@ class GeneratorConfig:
     n_mlp: int = _f(8, "mapping network depth")
     channel_multiplier: int = _f(2, "rosinality channel multiplier (2 = config-f)")
     channel_max: int = _f(512, "channel cap (512 = rosinality table; smaller for tiny demo models)")
-    checkpoint: Optional[str] = _f(None, "rosinality .pt file; null = randomly initialised (demo/tests)")
+    checkpoint: Optional[str] = _f(None, "rosinality .pt file or NVIDIA StyleGAN2-ADA .pkl (its size, "
+                                         "widths and depth replace the keys above); null = randomly "
+                                         "initialised (demo/tests)")
+    conv_clamp: Optional[float] = _f(None, "activation clamp of the synthesis layers (NVIDIA: 256); "
+                                           "null = off (rosinality); set from a .pkl checkpoint")
     seed: int = _f(0, "seed of a randomly initialised generator (checkpoint: null)")
 
 

@@ -41,6 +41,8 @@ class Generator(nn.Module):
         channel_max: cap on every channel count (small test/demo models); None = rosinality's table.
         fused_modconv: see `ModulatedConv2d`; None picks the form per layer and call (settable
             later through the `fused_modconv` property).
+        conv_clamp: clamp every synthesis conv's and ToRGB's output to ``[-conv_clamp,
+            conv_clamp]`` (NVIDIA StyleGAN2-ADA sets 256); None (rosinality) = off.
         impl: ``stylegan2.ops`` implementation ("auto" | "cuda" | "ref"; None = the ops default).
 
     Attributes: ``size``, ``style_dim``, ``log_size``, ``channels``, ``num_layers`` (noise inputs,
@@ -50,7 +52,8 @@ class Generator(nn.Module):
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8,
                  channel_multiplier: float = 2, blur_kernel: Sequence[float] = (1, 3, 3, 1),
                  lr_mlp: float = 0.01, channel_max: Optional[int] = None,
-                 fused_modconv: Optional[bool] = None, impl: Optional[str] = None):
+                 fused_modconv: Optional[bool] = None, impl: Optional[str] = None,
+                 conv_clamp: Optional[float] = None):
         super().__init__()
         if not isinstance(size, int) or size < 4 or size & (size - 1):
             raise ValueError(f"Generator: size must be a power of two >= 4, got {size!r}")
@@ -66,7 +69,8 @@ class Generator(nn.Module):
             *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu", impl=impl)
               for _ in range(n_mlp)])
 
-        conv_args = dict(blur_kernel=blur_kernel, fused_modconv=fused_modconv, impl=impl)
+        conv_args = dict(blur_kernel=blur_kernel, fused_modconv=fused_modconv, impl=impl,
+                         conv_clamp=conv_clamp)
         self.input = ConstantInput(self.channels[4])
         self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim, **conv_args)
         self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False, **conv_args)

@@ -287,13 +287,14 @@ class NoiseInjection(nn.Module):
 class FusedLeakyReLU(nn.Module):
     """``leaky_relu(x + bias, 0.2) * sqrt(2)`` with ``bias`` ``[channels]`` along dim 1."""
 
-    def __init__(self, channels: int, impl: Optional[str] = None):
+    def __init__(self, channels: int, impl: Optional[str] = None, conv_clamp: Optional[float] = None):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
         self.impl = impl
+        self.conv_clamp = conv_clamp  # None = off; else the output is clamped to [-c, c]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bias_act(x, self.bias, act="lrelu", impl=self.impl)
+        return bias_act(x, self.bias, act="lrelu", clamp=self.conv_clamp, impl=self.impl)
 
 
 class ConstantInput(nn.Module):
@@ -308,7 +309,9 @@ class ConstantInput(nn.Module):
 
 
 class StyledConv(nn.Module):
-    """Modulated conv -> ``+ noise.weight * noise`` -> ``leaky_relu(. + activate.bias) * sqrt(2)``.
+    """Modulated conv -> ``+ noise.weight * noise`` -> ``leaky_relu(. + activate.bias) * sqrt(2)``,
+    then clamped to ``[-conv_clamp, conv_clamp]`` when ``conv_clamp`` is set (NVIDIA's
+    StyleGAN2-ADA generators use 256; None, rosinality's behaviour, is off).
 
     ``x [B, in, H, W]``, ``w [B, style_dim]`` -> ``[B, out, H, W]`` (``2H, 2W`` with ``upsample``).
     """
@@ -316,13 +319,14 @@ class StyledConv(nn.Module):
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
                  upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
                  demodulate: bool = True, fused_modconv: Optional[bool] = None,
-                 impl: Optional[str] = None):
+                 impl: Optional[str] = None, conv_clamp: Optional[float] = None):
         super().__init__()
         self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
                                     demodulate=demodulate, upsample=upsample,
                                     blur_kernel=blur_kernel, fused_modconv=fused_modconv, impl=impl)
         self.noise = NoiseInjection()
-        self.activate = FusedLeakyReLU(out_channel, impl=impl)
+        self.conv_clamp = conv_clamp
+        self.activate = FusedLeakyReLU(out_channel, impl=impl, conv_clamp=conv_clamp)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor,
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -351,20 +355,23 @@ class StyledConv(nn.Module):
         else:
             out = torch.addcmul(shift, out, (dcoefs * gain).to(out.dtype)[:, :, None, None], out=out)
         out = out.addcmul_(noise.to(out.dtype), (self.noise.weight * gain).to(out.dtype))
-        return F.leaky_relu_(out, LRELU_ALPHA)
+        out = F.leaky_relu_(out, LRELU_ALPHA)
+        return out if self.conv_clamp is None else out.clamp_(-self.conv_clamp, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
-    """1x1 modulated conv (no demodulation) to RGB, ``+ bias`` ``[1, 3, 1, 1]``, plus the upsampled
-    skip image from the previous resolution.
+    """1x1 modulated conv (no demodulation) to RGB, ``+ bias`` ``[1, 3, 1, 1]`` (clamped to
+    ``[-conv_clamp, conv_clamp]`` when set, before the skip is added, as NVIDIA does), plus the
+    upsampled skip image from the previous resolution.
 
     ``x [B, in, H, W]``, ``w [B, style_dim]``, ``skip [B, 3, H/2, W/2]`` or None -> ``[B, 3, H, W]``.
     """
 
     def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
                  blur_kernel: Sequence[float] = (1, 3, 3, 1), fused_modconv: Optional[bool] = None,
-                 impl: Optional[str] = None):
+                 impl: Optional[str] = None, conv_clamp: Optional[float] = None):
         super().__init__()
+        self.conv_clamp = conv_clamp
         if upsample:
             self.upsample = Upsample(blur_kernel, impl=impl)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False,
@@ -376,6 +383,8 @@ class ToRGB(nn.Module):
         out = self.conv(x, w)
         inplace = _inplace_ok(out)
         out = out.add_(self.bias) if inplace else out + self.bias
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
             if not hasattr(self, "upsample"):
                 raise ValueError("ToRGB: this layer was built with upsample=False and takes no skip")

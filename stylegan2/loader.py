@@ -7,6 +7,7 @@ channel_multiplier (and a channel cap, for small models) from the conv widths.
 """
 import os
 import re
+import zipfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -68,12 +69,14 @@ def _describe(config: Mapping[str, Any]) -> str:
 
 def build_generator(state_dict: Mapping[str, torch.Tensor], size: Optional[int] = None,
                     channel_multiplier: Optional[float] = None, channel_max: Optional[int] = None,
-                    impl: Optional[str] = None, source: str = "state dict") -> Generator:
+                    impl: Optional[str] = None, source: str = "state dict",
+                    conv_clamp: Optional[float] = None) -> Generator:
     """A `Generator` holding ``state_dict`` (loaded with ``strict=True``).
 
     ``size``, ``channel_multiplier`` and ``channel_max`` default to what the shapes say; given
     values are checked, and a mismatch raises ValueError naming the first disagreeing key, the
-    expected and found shapes, and the configuration the weights appear to have.
+    expected and found shapes, and the configuration the weights appear to have. ``conv_clamp``:
+    see `Generator` (files converted from NVIDIA pickles record it).
     """
     found = infer_generator_config(state_dict, source)
     config = dict(found)
@@ -81,7 +84,7 @@ def build_generator(state_dict: Mapping[str, torch.Tensor], size: Optional[int] 
                         ("channel_max", channel_max)):
         if value is not None:
             config[name] = value
-    generator = Generator(**config, impl=impl)
+    generator = Generator(**config, impl=impl, conv_clamp=conv_clamp)
     expected = generator.state_dict()
     for key, tensor in expected.items():
         if key not in state_dict:
@@ -105,11 +108,16 @@ def load_generator(path: PathLike, size: Optional[int] = None,
                    map_location: Any = "cpu",
                    impl: Optional[str] = None) -> Tuple[Generator, Optional[torch.Tensor]]:
     """Load a rosinality-format generator file (``g_ema`` + optional ``latent_avg``) or a bare
-    generator state dict, safely (`safe_load`).
+    generator state dict, safely (`safe_load`); or an NVIDIA StyleGAN2-ADA ``.pkl`` (snapshot dict
+    with ``G_ema`` or a bare generator), read by a restricted unpickler that runs nothing from it.
 
-    Returns ``(generator in eval mode on map_location, latent_avg [style_dim] or None)``.
+    Returns ``(generator in eval mode on map_location, latent_avg [style_dim] or None)``; for an
+    NVIDIA pickle latent_avg is the mapping network's tracked ``w_avg``.
     """
     source = os.fspath(path)
+    if os.path.isfile(source) and _is_nvidia(source):
+        generator, w_avg, _ = load_nvidia_generator(source)
+        return generator.to(map_location).eval(), w_avg.to(map_location)
     checkpoint = safe_load(path, map_location=map_location)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: expected a dict (a rosinality checkpoint or a state dict), "
@@ -120,6 +128,30 @@ def load_generator(path: PathLike, size: Optional[int] = None,
         keys = ", ".join(map(str, list(checkpoint)[:8]))
         raise CheckpointError(f"{source}: no StyleGAN2 generator found: expected a 'g_ema' entry or a "
                          f"generator state dict (top-level keys: {keys})")
+    conv_clamp = checkpoint.get("conv_clamp") if "g_ema" in checkpoint else None
+    if conv_clamp is not None and not isinstance(conv_clamp, (int, float)):
+        raise ValueError(f"{source}: 'conv_clamp' must be a number or None, got {conv_clamp!r}")
     generator = build_generator(state_dict, size=size, channel_multiplier=channel_multiplier,
-                                channel_max=channel_max, impl=impl, source=source)
+                                channel_max=channel_max, impl=impl, source=source,
+                                conv_clamp=conv_clamp)
     return generator.to(map_location).eval(), latent_avg
+
+
+def _is_nvidia(source: str) -> bool:
+    """A ``.pkl`` that is not torch's zip format, or any file naming NVIDIA's persistence module
+    (checked on the bytes; nothing is unpickled)."""
+    from .nvidia import is_nvidia_pickle
+    return (source.endswith(".pkl") and not zipfile.is_zipfile(source)) or is_nvidia_pickle(source)
+
+
+def load_nvidia_generator(path: PathLike):
+    """``(Generator, w_avg [w_dim], nvidia_config)`` from an NVIDIA network pickle (see
+    `stylegan2.nvidia`); nothing in the file is executed."""
+    from .nvidia import load_nvidia_pickle, nvidia_to_rosinality
+    from .nvidia.mapping import find_generator
+    source = os.fspath(path)
+    record = find_generator(load_nvidia_pickle(source), source)
+    config, state_dict, w_avg, nv_config = nvidia_to_rosinality(record, source)
+    generator = Generator(**config)
+    generator.load_state_dict(state_dict, strict=True)
+    return generator.eval(), w_avg, nv_config

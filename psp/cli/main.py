@@ -5,6 +5,7 @@
     psp render ...         = python infer.py render ...
     psp evaluate ...       score reconstructions
     psp fetch ...          download / list / check the official weights
+    psp convert IN.pkl OUT.pt   NVIDIA generator pickle -> rosinality file (python -m stylegan2.convert)
     psp ops build|info     the CUDA ops (also: python -m stylegan2.ops)
     psp config reference|update-docs   the generated config reference
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "render": ("psp.cli.infer", "render_main", "render saved latents into images (same as infer.py render)"),
     "evaluate": ("psp.cli.evaluate", "main", "score an encoder's reconstructions"),
     "fetch": ("psp.cli.fetch", "main", "download, verify and list the official weights"),
+    "convert": ("stylegan2.convert", "main", "convert an NVIDIA StyleGAN2-ADA .pkl into a rosinality .pt"),
     "ops": ("psp.cli.ops", "main", "build the CUDA ops ahead of time, or show which implementation runs"),
     "config": ("psp.cli.config", "main", "print or update the generated config reference"),
 }

@@ -11,6 +11,7 @@ Two file formats load through `PSP.from_checkpoint`:
    "generator": <rosinality-named state dict> or None, "generator_ref": {"path", "sha256"} or None}.
 """
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -91,7 +92,22 @@ def _expand_w_avg(value: Any, n_styles: int, style_dim: int, source: str) -> tor
 
 def _generator_kwargs(gen_cfg: GeneratorConfig) -> dict:
     return dict(size=gen_cfg.size, style_dim=gen_cfg.style_dim, n_mlp=gen_cfg.n_mlp,
-                channel_multiplier=gen_cfg.channel_multiplier, channel_max=gen_cfg.channel_max)
+                channel_multiplier=gen_cfg.channel_multiplier, channel_max=gen_cfg.channel_max,
+                conv_clamp=gen_cfg.conv_clamp)
+
+
+def _with_nvidia_generator(model_cfg: ModelConfig) -> tuple[ModelConfig, Optional[tuple]]:
+    """An NVIDIA ``.pkl`` checkpoint fixes the generator's shape: its size, widths, depth and clamp
+    replace the config's (so the encoder gets the matching n_styles and pyramid). Returns the
+    config and, for a ``.pkl``, the loaded ``(generator, w_avg)`` (so the file is read once)."""
+    gen_cfg = model_cfg.generator
+    if gen_cfg.checkpoint is None or not gen_cfg.checkpoint.endswith(".pkl"):
+        return model_cfg, None
+    generator, w_avg = load_generator(gen_cfg.checkpoint)
+    found = infer_generator_config(generator.state_dict(), source=gen_cfg.checkpoint)
+    found["channel_max"] = found["channel_max"] or 512
+    found["conv_clamp"] = generator.conv1.conv_clamp
+    return dataclasses.replace(model_cfg, generator=dataclasses.replace(gen_cfg, **found)), (generator, w_avg)
 
 
 def _load_rosinality(gen_cfg: GeneratorConfig) -> tuple[Generator, Optional[torch.Tensor]]:
@@ -99,6 +115,9 @@ def _load_rosinality(gen_cfg: GeneratorConfig) -> tuple[Generator, Optional[torc
     path = gen_cfg.checkpoint
     generator, latent_avg = load_generator(path, size=gen_cfg.size, channel_multiplier=gen_cfg.channel_multiplier,
                                            channel_max=gen_cfg.channel_max)
+    if generator.conv1.conv_clamp != gen_cfg.conv_clamp:
+        raise ConfigError(f"config key 'model.generator.conv_clamp' is {gen_cfg.conv_clamp} "
+                          f"but {path} has {generator.conv1.conv_clamp}")
     found = infer_generator_config(generator.state_dict(), source=path)
     for key in ("style_dim", "n_mlp"):
         if found[key] != getattr(gen_cfg, key):
@@ -174,11 +193,14 @@ class PSP(nn.Module):
     def from_config(cls, model_cfg: ModelConfig, device: Union[str, torch.device] = "cpu") -> "PSP":
         """A model for training: encoder (optionally ArcFace-initialised), generator from
         `model.generator.checkpoint` (or seeded random), w_avg per `model.w_avg.source`."""
+        model_cfg, loaded = _with_nvidia_generator(model_cfg)
         gen_cfg = model_cfg.generator
         n_styles = model_cfg.n_styles or n_styles_for(gen_cfg.size)
         encoder = build_encoder(model_cfg.encoder, n_styles, gen_cfg.style_dim)
         latent_avg = None
-        if gen_cfg.checkpoint is not None:
+        if loaded is not None:
+            generator, latent_avg = loaded
+        elif gen_cfg.checkpoint is not None:
             generator, latent_avg = _load_rosinality(gen_cfg)
         else:
             with torch.random.fork_rng(devices=[]):
