@@ -71,9 +71,11 @@ def test_fit_orthogonal_to_named_direction():
     with torch.no_grad():
         w = g.get_latent(torch.randn(200, 64, generator=torch.Generator().manual_seed(3)))
     red, _ = red_mean(g, w)
-    other = torch.randn(64)
-    fit = fit_direction(w, red, orthogonal_to=[other])
-    assert abs(torch.dot(fit.direction, other / other.norm()).item()) < 1e-5
+    first = torch.randn(64)
+    second = first + 0.5 * torch.randn(64)  # not orthogonal to the first
+    fit = fit_direction(w, red, orthogonal_to=[first, second])
+    for other in (first, second):
+        assert abs(torch.dot(fit.direction, other / other.norm()).item()) < 1e-5
 
 
 def test_sefa_orthonormal_and_top_eigenvectors():

@@ -227,7 +227,7 @@ def cmd_sefa(args: argparse.Namespace) -> int:
     rows = parse_layers(args.layers, model.n_styles)
     vectors, eig = sefa(model.generator, rows, args.k)
     tag = args.layers.replace(",", "_")
-    _write_directions([Direction(f"sefa_{tag}_{i}", v[None], rows, sha, (-3.0 * args.scale, 3.0 * args.scale),
+    _write_directions([Direction(f"sefa_{tag}_{i}", v[None], rows, sha, (-3.0, 3.0),
                                  extra={"eigenvalue": float(e)})
                        for i, (v, e) in enumerate(zip(vectors * args.scale, eig))], args.out, cache_dir(ckpt, sha))
     return 0

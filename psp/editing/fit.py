@@ -24,10 +24,10 @@ def fit_direction(latents: torch.Tensor, labels: torch.Tensor, orthogonal_to: Se
     """A unit direction along which ``labels`` increase.
 
     latents ``[N, D]`` (w) or ``[N, n, D]`` (W+, averaged over rows); labels ``[N]``: two distinct
-    values -> linear SVM, otherwise ridge regression. ``orthogonal_to``: directions ``[D]`` to
+    values -> linear SVM, otherwise ridge regression (alpha by cross-validation). ``orthogonal_to``: directions ``[D]`` to
     project out (conditional editing: "older but not more glasses").
     """
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import train_test_split
     from sklearn.svm import LinearSVC
 
@@ -41,14 +41,17 @@ def fit_direction(latents: torch.Tensor, labels: torch.Tensor, orthogonal_to: Se
     x_train, x_test, y_train, y_test = split
     # Centre and scale by the training set: the fit is then well conditioned for any W scale.
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
-    model = LinearSVC(C=1.0, max_iter=20000) if binary else Ridge(alpha=1.0)
+    # RidgeCV picks the regularisation by cross-validation on the training part: with few samples
+    # per dimension a fixed alpha overfits.
+    model = LinearSVC(C=1.0, max_iter=20000) if binary else RidgeCV(alphas=np.logspace(-3, 4, 15))
     model.fit((x_train - mu) / sd, y_train)
     score = float(model.score((x_test - mu) / sd, y_test))
     normal = torch.from_numpy(np.asarray(model.coef_).ravel() / sd)
     if binary and model.classes_[0] > model.classes_[1]:
         normal = -normal
-    for other in orthogonal_to:
-        o = other.double().flatten()
-        o = o / o.norm()
-        normal = normal - (normal @ o) * o
+    if orthogonal_to:
+        # An orthonormal basis of the others' span (QR), so several non-orthogonal ones are all
+        # projected out exactly.
+        basis, _ = torch.linalg.qr(torch.stack([o.double().flatten() for o in orthogonal_to], dim=1))
+        normal = normal - basis @ (basis.T @ normal)
     return Fit((normal / normal.norm()).float(), score, "accuracy" if binary else "r2")
