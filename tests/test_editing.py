@@ -67,7 +67,7 @@ def test_fit_recovers_planted_direction_and_edit_is_monotonic():
 
 
 def test_fit_orthogonal_to_named_direction():
-    g, d = planted()
+    g, _ = planted()
     with torch.no_grad():
         w = g.get_latent(torch.randn(200, 64, generator=torch.Generator().manual_seed(3)))
     red, _ = red_mean(g, w)

@@ -1,6 +1,4 @@
 """The editing commands on a tiny pSp checkpoint: outputs, edit-then-render equality, one-line errors."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -57,6 +55,9 @@ def test_one_line_errors_write_nothing(tmp_path, latents, model, checkpoint, cap
     other = tmp_path / "other"
     save_latent(other / "x.pt", torch.zeros(model.n_styles, model.generator.style_dim),
                 {"checkpoint": str(checkpoint), "generator_sha256": "0" * 64})
+    older = tmp_path / "older"  # infer.py files that record only the checkpoint file's sha256
+    save_latent(older / "x.pt", torch.zeros(model.n_styles, model.generator.style_dim),
+                {"checkpoint": str(checkpoint), "checkpoint_sha256": "1" * 64})
     cases = [
         ([str(latents), "--direction", str(good), "--strength", "-3:3"], "strength"),
         ([str(latents), "--direction", str(tmp_path / "narrow.npy")], "does not fit"),
@@ -64,7 +65,12 @@ def test_one_line_errors_write_nothing(tmp_path, latents, model, checkpoint, cap
         ([str(latents), "--direction", str(good), "--layers", "0-99"], "layer range"),
         ([str(tmp_path / "empty"), "--direction", str(good)], "no latent files"),
         ([str(other), "--direction", str(good)], "another generator"),
+        ([str(older), "--direction", str(good)], "another checkpoint"),
     ]
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        cases.append(([str(latents), "--direction", str(good), "--animate", "mp4"], "imageio-ffmpeg"))
     for args, message in cases:
         assert main(["edit", *args, "--out", str(out)]) == 2, args
         err = capsys.readouterr().err
@@ -101,7 +107,7 @@ def test_computed_and_fitted_directions_via_cache(tmp_path, latents, model, chec
 def test_mix_and_interpolate(tmp_path, latents, model):
     a, b = latents / "face0.pt", latents / "face1.pt"
     assert main(["mix", str(a), str(b), "--layers", "0-3", "--out", str(tmp_path / "m")]) == 0
-    mixed, meta = load_latent(tmp_path / "m" / "mix.pt")
+    mixed, _ = load_latent(tmp_path / "m" / "mix.pt")
     ca, cb = load_latent(a)[0], load_latent(b)[0]
     assert torch.equal(mixed[:4], cb[:4]) and torch.equal(mixed[4:], ca[4:])
     assert main(["interpolate", str(a), str(b), "--steps", "4", "--out", str(tmp_path / "i"),

@@ -1,9 +1,13 @@
-# Labels for `directions fit`: 200 latents drawn through the mapping network, labelled by how red
+# Labels for `directions fit`: 1000 latents drawn through the mapping network, labelled by how red
 # their rendered image is (mean of the red channel) -- a property anyone can measure.
-import sys, torch
+import sys
 from pathlib import Path
+
+import torch
+
 from psp.model import PSP
 from psp.outputs import save_latent
+
 ckpt, out = sys.argv[1], Path(sys.argv[2])
 model = PSP.from_checkpoint(ckpt)
 torch.manual_seed(0)

@@ -26,9 +26,16 @@ from psp.editing.ops import edit, interpolate, mix, parse_layers, parse_strength
 from psp.editing.sefa import sefa
 from psp.images import to_image
 from psp.model import PSP
-from psp.outputs import LatentFileError, Manifest, atomic_write, load_latent, save_latent, save_png
+from psp.outputs import (
+    LatentFileError,
+    Manifest,
+    atomic_write,
+    load_latent,
+    save_latent,
+)
 from psp.render import list_latents
 from stylegan2.fingerprint import generator_sha256
+from stylegan2.io import sha256_file
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -76,9 +83,15 @@ def gather(inputs: Sequence[str]) -> list[Path]:
     return found
 
 
-def read_checked(paths: Sequence[Path], model: PSP, sha: str) -> list[tuple[Path, torch.Tensor, dict]]:
-    """Every latent, checked to fit ``model`` and to come from its generator."""
+def read_checked(paths: Sequence[Path], model: PSP, sha: str,
+                 checkpoint: Path) -> list[tuple[Path, torch.Tensor, dict]]:
+    """Every latent, checked to fit ``model`` and to come from its generator.
+
+    A latent recording ``generator_sha256`` must match the model's generator; one recording only
+    ``checkpoint_sha256`` (older infer.py files) must match the checkpoint file.
+    """
     expected = (model.n_styles, model.generator.style_dim)
+    checkpoint_sha: Optional[str] = None
     out = []
     for path in paths:
         try:
@@ -91,6 +104,12 @@ def read_checked(paths: Sequence[Path], model: PSP, sha: str) -> list[tuple[Path
         if isinstance(recorded, str) and recorded != sha:
             raise EditingError(f"{path}: made with another generator (sha256 {recorded[:12]}..., this one "
                                f"is {sha[:12]}...); pass the checkpoint it was made with")
+        recorded_file: Any = meta.get("checkpoint_sha256")
+        if not isinstance(recorded, str) and isinstance(recorded_file, str):
+            checkpoint_sha = checkpoint_sha or sha256_file(checkpoint)
+            if recorded_file != checkpoint_sha:
+                raise EditingError(f"{path}: made with another checkpoint (sha256 {recorded_file[:12]}..., "
+                                   f"{checkpoint} is {checkpoint_sha[:12]}...); pass the checkpoint it was made with")
         out.append((path, codes, meta))
     return out
 
@@ -116,16 +135,22 @@ def save_image(path: Path, pil: Image.Image) -> None:
     atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
-def save_animation(path: Path, images: torch.Tensor, fps: int = 8) -> None:
-    """A GIF (Pillow) that plays forth and back; MP4 needs imageio-ffmpeg."""
-    frames = [to_image(im) for im in images]
-    frames = frames + frames[-2:0:-1]
-    if path.suffix == ".mp4":
+def check_animate(fmt: Optional[str]) -> None:
+    """Refuse ``--animate mp4`` up front (before anything is written) when imageio-ffmpeg is missing."""
+    if fmt == "mp4":
         try:
-            import imageio.v2 as imageio
+            import imageio  # noqa: F401
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
             raise EditingError("--animate mp4 needs imageio and imageio-ffmpeg; use --animate gif") from None
+
+
+def save_animation(path: Path, images: torch.Tensor, fps: int = 8) -> None:
+    """A GIF (Pillow) that plays forth and back; MP4 (after `check_animate`) through imageio-ffmpeg."""
+    frames = [to_image(im) for im in images]
+    frames = frames + frames[-2:0:-1]
+    if path.suffix == ".mp4":
+        import imageio.v2 as imageio
         import numpy as np
         tmp = path.with_name(f".{path.name}.tmp.mp4")
         imageio.mimsave(tmp, [np.asarray(f) for f in frames], fps=fps)
@@ -137,6 +162,7 @@ def save_animation(path: Path, images: torch.Tensor, fps: int = 8) -> None:
 
 # -------------------------------------------------------------------------------------- commands
 def cmd_edit(args: argparse.Namespace) -> int:
+    check_animate(args.animate)
     paths = gather(args.latents)
     strengths = parse_strengths(args.strength)
     model, sha, ckpt = load_model(args.checkpoint, paths)
@@ -145,7 +171,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     directions = [resolve_direction(spec, cache_dir(ckpt, sha)) for spec in args.direction]
     for d in directions:
         d.check_fits(n, width, sha)
-    latents = read_checked(paths, model, sha)
+    latents = read_checked(paths, model, sha, ckpt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with Manifest(out) as manifest:
@@ -178,7 +204,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     paths = gather([args.a, args.b])
     model, sha, ckpt = load_model(args.checkpoint, paths)
     rows = parse_layers(args.layers, model.n_styles)
-    (pa, a, meta), (_, b, _) = read_checked(paths, model, sha)
+    (_, a, meta), (_, b, _) = read_checked(paths, model, sha, ckpt)
     mixed = mix(a, b, rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,9 +221,10 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise EditingError(f"--steps must be at least 2, got {args.steps}")
+    check_animate(args.animate)
     paths = gather([args.a, args.b])
     model, sha, ckpt = load_model(args.checkpoint, paths)
-    (_, a, meta), (_, b, _) = read_checked(paths, model, sha)
+    (_, a, meta), (_, b, _) = read_checked(paths, model, sha, ckpt)
     path = interpolate(a, b, args.steps, spherical=args.spherical)
     images = decode(model, path)
     out = Path(args.out)
@@ -268,7 +295,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     paths = gather(args.latents)
     model, sha, ckpt = load_model(args.checkpoint, paths)
     labels = read_labels(Path(args.labels))
-    latents = [(p, c) for p, c, _ in read_checked(paths, model, sha) if p.stem in labels]
+    latents = [(p, c) for p, c, _ in read_checked(paths, model, sha, ckpt) if p.stem in labels]
     if len(latents) < 5:
         raise EditingError(f"{args.labels}: only {len(latents)} of {len(paths)} latents have a label; need 5+")
     cache = cache_dir(ckpt, sha)
@@ -286,7 +313,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    model, sha, ckpt = load_model(args.checkpoint, [])
+    _, sha, ckpt = load_model(args.checkpoint, [])
     cache = cache_dir(ckpt, sha)
     files = sorted(cache.glob("*.pt")) if cache.is_dir() else []
     print(f"{len(files)} direction(s) for generator {sha[:16]} in {cache}")
