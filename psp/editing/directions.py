@@ -21,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from psp.editing.errors import EditingError
 from psp.outputs import atomic_write
 from stylegan2.io import CheckpointFormatError, UnsafeCheckpointError, safe_load
 
@@ -42,7 +43,6 @@ class Direction:
 
     def check_fits(self, n_styles: int, width: int, generator_sha256: Optional[str] = None) -> None:
         """Raise EditingError unless this direction fits a generator with these W+ dimensions."""
-        from psp.editing.errors import EditingError
         rows, dim = self.vectors.shape
         if dim != width or rows not in (1, n_styles):
             raise EditingError(f"{self.source or self.name}: direction of shape {list(self.vectors.shape)}"
@@ -66,7 +66,6 @@ def save_direction(path: Path, direction: Direction) -> None:
 
 def load_direction(spec: str) -> Direction:
     """Read ``FILE`` or ``FILE#INDEX`` (GANSpace component / row of a multi-direction file)."""
-    from psp.editing.errors import EditingError
     path_text, _, index_text = spec.partition("#")
     path = Path(path_text)
     index: Optional[int] = None
@@ -88,7 +87,6 @@ def load_direction(spec: str) -> Direction:
 
 
 def _interpret(data: Any, path: Path, index: Optional[int]) -> Direction:
-    from psp.editing.errors import EditingError
 
     def pick(table: torch.Tensor, what: str) -> torch.Tensor:
         if index is None:

@@ -19,8 +19,8 @@ class Fit:
     metric: str
 
 
-def fit_direction(latents: torch.Tensor, labels: torch.Tensor, orthogonal_to: Sequence[torch.Tensor] = (),
-                  holdout: float = 0.2, seed: int = 0) -> Fit:
+def fit_direction(latents: torch.Tensor, labels: torch.Tensor,
+                  orthogonal_to: Sequence[torch.Tensor] = (), holdout: float = 0.2, seed: int = 0) -> Fit:
     """A unit direction along which ``labels`` increase.
 
     latents ``[N, D]`` (w) or ``[N, n, D]`` (W+, averaged over rows); labels ``[N]``: two distinct
