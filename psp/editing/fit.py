@@ -24,8 +24,9 @@ def fit_direction(latents: torch.Tensor, labels: torch.Tensor,
     """A unit direction along which ``labels`` increase.
 
     latents ``[N, D]`` (w) or ``[N, n, D]`` (W+, averaged over rows); labels ``[N]``: two distinct
-    values -> linear SVM, otherwise ridge regression (alpha by cross-validation). ``orthogonal_to``: directions ``[D]`` to
-    project out (conditional editing: "older but not more glasses").
+    values -> linear SVM, otherwise ridge regression (alpha by cross-validation).
+    ``orthogonal_to``: directions ``[D]`` to project out (conditional editing: "older but not more
+    glasses"). Returns the direction in w units (unit norm) and the score on the held-out part.
     """
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import train_test_split
