@@ -15,8 +15,6 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PENDING_PAGES = {
     "docs/ops.md",        # CUDA kernels, CPU kernel harness, make gpu-check
     "docs/generator.md",  # the generator's inference transform
-    "docs/nvidia.md",     # NVIDIA .pkl import
-    "docs/editing.md",    # editing saved latents
 }
 
 # [text](target) and [text](target "title"); images too. Code spans are removed first.

@@ -6,14 +6,14 @@ from PIL import Image
 
 from psp.cli.edit import decode, main, strip
 from psp.editing.ops import edit
-from psp.model import PSP
-from psp.outputs import load_latent, save_latent
+from psp.models.inference import InferenceModel
+from psp.inference.outputs import load_latent, save_latent
 from stylegan2.fingerprint import generator_sha256
 
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    return PSP.from_checkpoint(checkpoint)
+    return InferenceModel.from_checkpoint(checkpoint)
 
 
 @pytest.fixture

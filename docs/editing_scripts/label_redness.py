@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from psp.model import PSP
-from psp.outputs import save_latent
+from psp.inference.outputs import save_latent
 
 ckpt, out = sys.argv[1], Path(sys.argv[2])
 model = PSP.from_checkpoint(ckpt)

@@ -18,34 +18,36 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image
 
+from psp.cli.common import Parser, report_user_errors
 from psp.editing.directions import Direction, load_direction, save_direction
 from psp.editing.errors import EditingError
 from psp.editing.fit import fit_direction
 from psp.editing.ganspace import ganspace
 from psp.editing.ops import edit, interpolate, mix, parse_layers, parse_strengths
 from psp.editing.sefa import sefa
-from psp.images import to_image
-from psp.model import PSP
-from psp.outputs import (
+from psp.io.images import to_image
+from psp.inference.engine import Engine
+from psp.models.inference import InferenceModel
+from psp.inference.outputs import (
     LatentFileError,
     Manifest,
     atomic_write,
     load_latent,
     save_latent,
 )
-from psp.render import list_latents
+from psp.inference.render import list_latents
 from stylegan2.fingerprint import generator_sha256
 from stylegan2.io import sha256_file
 
 
 # ---------------------------------------------------------------------------------------- model
-def decode(model: PSP, codes: torch.Tensor) -> torch.Tensor:
-    """W+ codes ``[B, n, D]`` -> images ``[B, 3, S, S]`` in [-1, 1]; the one place editing renders."""
-    with torch.inference_mode():
-        return model.decode(codes.to(next(model.parameters()).device), resize=True).float().cpu()
+def decode(model: InferenceModel, codes: torch.Tensor) -> torch.Tensor:
+    """W+ codes ``[B, n, D]`` -> images ``[B, 3, S, S]`` in [-1, 1] on the CPU, through the inversion
+    engine's decode (the one ``infer.py render`` uses, so an edited latent renders the same)."""
+    return Engine(model, model.device).decode(codes).cpu()
 
 
-def load_model(checkpoint: Optional[str], latent_paths: Sequence[Path]) -> tuple[PSP, str, Path]:
+def load_model(checkpoint: Optional[str], latent_paths: Sequence[Path]) -> tuple[InferenceModel, str, Path]:
     """The model named by ``--checkpoint`` or recorded in the first ``.pt`` latent: (model, sha, path)."""
     path = Path(checkpoint) if checkpoint else None
     for source in latent_paths if path is None else ():
@@ -58,7 +60,7 @@ def load_model(checkpoint: Optional[str], latent_paths: Sequence[Path]) -> tuple
         raise EditingError("no latent names the checkpoint it was made with; pass --checkpoint PATH")
     if not path.is_file():
         raise EditingError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH")
-    model = PSP.from_checkpoint(path)
+    model = InferenceModel.from_checkpoint(path)
     return model, generator_sha256(model.generator), path
 
 
@@ -83,7 +85,7 @@ def gather(inputs: Sequence[str]) -> list[Path]:
     return found
 
 
-def read_checked(paths: Sequence[Path], model: PSP, sha: str,
+def read_checked(paths: Sequence[Path], model: InferenceModel, sha: str,
                  checkpoint: Path) -> list[tuple[Path, torch.Tensor, dict]]:
     """Every latent, checked to fit ``model`` and to come from its generator.
 
@@ -348,7 +350,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- parsers
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="psp", description="Edit saved W+ latents.")
+    parser = Parser(prog="psp", description="Edit saved W+ latents.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -432,17 +434,18 @@ def _glue_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``psp edit|mix|interpolate|directions ...``; returns the exit code."""
     args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else argv))
     if getattr(args, "command", None) == "directions" and not args.checkpoint:
-        print("error: directions commands need --checkpoint PATH", file=sys.stderr)
-        return 2
-    try:
-        return args.run(args)
-    except EditingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise EditingError("directions commands need --checkpoint PATH")
+    return args.run(args)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def command(name: str):
+    """The ``psp NAME ...`` entry of one editing command (``psp edit ...`` = ``main(["edit", ...])``)."""
+    return lambda argv: main([name, *argv])
+
+
+edit_main, mix_main, interpolate_main, directions_main = map(command, ("edit", "mix", "interpolate", "directions"))

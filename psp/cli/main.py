@@ -4,6 +4,7 @@
     psp infer ...          = python infer.py ...
     psp render ...         = python infer.py render ...
     psp evaluate ...       score reconstructions
+    psp edit|mix|interpolate|directions ...   editing (docs/editing.md)
     psp fetch ...          download / list / check the official weights
     psp convert IN.pkl OUT.pt   NVIDIA generator pickle -> rosinality file (python -m stylegan2.convert)
     psp ops build|info     the CUDA ops (also: python -m stylegan2.ops)
@@ -23,6 +24,10 @@ COMMANDS = {
     "infer": ("psp.cli.infer", "invert_main", "invert images into W+ latents (same as python infer.py)"),
     "render": ("psp.cli.infer", "render_main", "render saved latents into images (same as infer.py render)"),
     "evaluate": ("psp.cli.evaluate", "main", "score an encoder's reconstructions"),
+    "edit": ("psp.cli.edit", "edit_main", "images and latents along editing directions"),
+    "mix": ("psp.cli.edit", "mix_main", "style mixing of two latents by W+ rows"),
+    "interpolate": ("psp.cli.edit", "interpolate_main", "interpolate between two latents"),
+    "directions": ("psp.cli.edit", "directions_main", "make and inspect direction files (fit, sefa, ganspace, list, show)"),
     "fetch": ("psp.cli.fetch", "main", "download, verify and list the official weights"),
     "convert": ("stylegan2.convert", "main", "convert an NVIDIA StyleGAN2-ADA .pkl into a rosinality .pt"),
     "ops": ("psp.cli.ops", "main", "build the CUDA ops ahead of time, or show which implementation runs"),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from psp.editing.errors import EditingError
-from psp.outputs import atomic_write
+from psp.io.atomic import atomic_write
 from stylegan2.io import CheckpointFormatError, UnsafeCheckpointError, safe_load
 
 FORMAT = "psp-direction"

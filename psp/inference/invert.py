@@ -26,6 +26,7 @@ from psp.inference.engine import Engine
 from psp.inference.jobs import Job, Summary, progress_bar
 from psp.inference.outputs import Manifest, save_latent, save_png
 from psp.inference.stream import Batch, stream_images
+from stylegan2.fingerprint import generator_sha256
 
 # Threads writing latents and PNGs (file I/O, fsync and PNG encoding release the GIL).
 WRITER_THREADS = 4
@@ -45,6 +46,8 @@ class Inversion:
     def __post_init__(self) -> None:
         self.save_images = self.cfg.save_images or self.cfg.side_by_side
         self.model = self.engine.model
+        # Latents name the generator they belong to, so editing refuses directions of another one.
+        self.generator_sha256 = generator_sha256(self.model.generator)
 
     def prepare(self, lpips_cfg: LPIPSConfig) -> None:
         """Build what ``align`` and refinement need now, so a missing piece is a one-line error
@@ -146,7 +149,8 @@ class Inversion:
 
     def _latent_meta(self, job: Job) -> dict[str, Any]:
         return {"source": str(job.source), "checkpoint": str(self.checkpoint.resolve()),
-                "checkpoint_sha256": self.checkpoint_sha256, "n_styles": self.model.n_styles,
+                "checkpoint_sha256": self.checkpoint_sha256, "generator_sha256": self.generator_sha256,
+                "n_styles": self.model.n_styles,
                 "input_size": self.model.input_size, "generator_size": self.model.config.generator.size,
                 "refine_steps": self.engine.refine.steps, "align": self.cfg.align}
 

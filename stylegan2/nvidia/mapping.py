@@ -27,12 +27,13 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from ..errors import CheckpointError
 from ..generator import Generator
 from ..loader import infer_generator_config
 from .unpickler import PersistentRecord
 
 
-class NvidiaImportError(ValueError):
+class NvidiaImportError(CheckpointError):
     """A well-formed NVIDIA pickle of a variant this importer does not support."""
 
 
