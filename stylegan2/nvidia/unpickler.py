@@ -99,7 +99,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 def _load_from_bytes(data):
     if not isinstance(data, bytes):
         raise UnsafeCheckpointError("refused: torch.storage._load_from_bytes got no bytes")
-    # torch's own version calls torch.load(weights_only=False) on these bytes.
+    # torch's own version unpickles these bytes with full trust (weights-only mode off).
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
