@@ -94,12 +94,7 @@ def inversion_steps(model: PSP, plain_encoder: torch.nn.Module, mode: str, preci
     """(encode, decode) of one mode: x [B,3,256,256] -> codes -> images [B,3,256,256]."""
     if mode == "ours":
         engine = Engine(inference_form(model), device, precision)
-
-        def decode_ours(codes):
-            model.generator.fused_modconv = None  # the generator is shared with psp_like's decode
-            return engine.decode(codes)
-
-        return engine.encode, decode_ours
+        return engine.encode, engine.decode
 
     def contexts() -> ExitStack:
         stack = ExitStack()

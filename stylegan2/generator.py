@@ -150,10 +150,7 @@ class Generator(nn.Module):
         latent = self._latent(styles, inject_index, truncation, truncation_latent, input_is_latent)
         noise = self._noise_list(noise, randomize_noise)
 
-        out = self.input(latent.shape[0])
-        if out.device.type == "cpu":
-            # oneDNN's convolutions are about 2x faster in NHWC; every layer keeps the layout.
-            out = out.contiguous(memory_format=torch.channels_last)
+        out = self._constant_input(latent.shape[0])
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         for level, to_rgb in enumerate(self.to_rgbs):
@@ -163,6 +160,11 @@ class Generator(nn.Module):
             skip = to_rgb(out, latent[:, row + 2], skip)
         image = skip.contiguous()
         return image, (latent if return_latents else None)
+
+    def _constant_input(self, batch: int) -> torch.Tensor:
+        """The learned constant ``[batch, channels[4], 4, 4]`` the synthesis starts from; every layer
+        keeps the memory format it has (the inference rewrite makes it channels-last)."""
+        return self.input(batch)
 
     def _latent(self, styles, inject_index, truncation, truncation_latent,
                 input_is_latent) -> torch.Tensor:

@@ -3,18 +3,12 @@
 Attribute names (``weight``, ``modulation``, ``blur.kernel``, ``activate.bias``, ...) are the
 checkpoint format: released ``g_ema`` state dicts load into these modules with ``strict=True``.
 
-Speed notes (CPU inference is a product target, SPEC §10):
-- `ModulatedConv2d` has two mathematically identical forms: "fused" (per-sample modulated weights,
-  one grouped convolution; the original's way) and "non-fused" (styles scale the activations, one
-  shared-weight convolution, demodulation coefficients scale the result). See `fused_modconv`.
-- When autograd is off (``torch.no_grad`` / ``torch.inference_mode``) and the tensors are on the
-  CPU, `StyledConv`'s elementwise tail (demodulation, noise, bias + leaky ReLU) runs as three
-  in-place passes over the fresh convolution output: on CPU a fresh large tensor costs several
-  times the arithmetic that fills it. With autograd on (or on CUDA), every step is out of place
-  and goes through `stylegan2.ops`.
-- The blur after the upsampling convolution runs on CPU as one depthwise convolution with the
-  padding inside the call (no padded copy); elsewhere it is `upfirdn2d`. Both compute the same
-  filter (a test pins them together).
+These layers are the specification: one code path on every device, the filters and the fused
+bias + activation through `stylegan2.ops` (so ``impl="ref"`` runs the pure-PyTorch reference ops
+and nothing else). The one speed choice made here is the form of the modulated convolution, a
+documented per-layer option (`ModulatedConv2d.fused_modconv`): the forms are the same maths.
+The CPU inference rewrites (in-place tails, a blur that pads inside its convolution, channels-last
+activations) are a separate, tested transformation: `stylegan2.inference`.
 """
 import math
 from typing import Optional, Sequence
@@ -24,16 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import bias_act, upfirdn2d
-
-LRELU_ALPHA = 0.2
-LRELU_GAIN = math.sqrt(2)
-
-
-def _inplace_ok(x: torch.Tensor) -> bool:
-    """True when `x`, a tensor the caller has just made, may be overwritten: no autograd graph to
-    keep, and a CPU tensor (on CUDA the fused ops are one pass already)."""
-    return not torch.is_grad_enabled() and x.device.type == "cpu"
-
 
 def make_kernel(taps: Sequence[float], gain: float = 1.0) -> torch.Tensor:
     """1-D taps ``[k]`` -> the normalised 2-D FIR filter ``outer(taps, taps) / sum**2 * gain``, ``[k, k]``.
@@ -102,13 +86,6 @@ class Blur(nn.Module):
         self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p0, p1 = self.pad
-        if x.device.type == "cpu" and p0 == p1:
-            # The same true convolution as upfirdn2d's reference path, as one depthwise conv that
-            # pads internally: several times faster on CPU than passes over a padded copy.
-            channels = x.shape[1]
-            weight = self.kernel.flip([0, 1]).to(x.dtype)[None, None]
-            return F.conv2d(x, weight.expand(channels, 1, -1, -1), padding=p0, groups=channels)
         return upfirdn2d(x, self.kernel, pad=self.pad, impl=self.impl)
 
 
@@ -181,17 +158,14 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         out, dcoefs = self.conv_and_demod(x, w)
-        if dcoefs is None:
-            return out
-        dcoefs = dcoefs[:, :, None, None]
-        return out.mul_(dcoefs) if _inplace_ok(out) else out * dcoefs
+        return out if dcoefs is None else out * dcoefs[:, :, None, None]
 
     def conv_and_demod(self, x: torch.Tensor, w: torch.Tensor):
         """The convolution with the demodulation possibly still to apply.
 
         Returns ``(out, dcoefs)``: the result is ``out * dcoefs[:, :, None, None]`` when
-        ``dcoefs`` ``[B, out]`` is not None (non-fused form), else ``out`` itself. Lets callers
-        fold the demodulation into their own elementwise pass.
+        ``dcoefs`` ``[B, out]`` is not None (non-fused form), else ``out`` itself. Lets the
+        inference rewrite (`stylegan2.inference`) fold the demodulation into its own pass.
         """
         batch = x.shape[0]
         if x.ndim != 4 or x.shape[1] != self.in_channel:
@@ -330,33 +304,9 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor,
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out, dcoefs = self.conv.conv_and_demod(x, w)
-        if _inplace_ok(out):
-            return self._tail_inplace(out, dcoefs, noise)
-        if dcoefs is not None:
-            out = out * dcoefs[:, :, None, None]
-        return self.activate(self.noise(out, noise=noise))
-
-    def _tail_inplace(self, out: torch.Tensor, dcoefs: Optional[torch.Tensor],
-                      noise: Optional[torch.Tensor]) -> torch.Tensor:
-        """Demodulation, noise, bias and leaky ReLU in three passes over ``out``, in place.
-
-        ``lrelu(y) * g = lrelu(y * g)`` for a gain ``g > 0``, so the gain moves into the
-        coefficients: ``out = lrelu(out * d*g + b*g + noise * n*g)``. Same maths as the
-        out-of-place path (bias_act), rounded in another order.
-        """
-        if noise is None:
-            batch, _, height, width = out.shape
-            noise = out.new_empty(batch, 1, height, width).normal_()
-        gain = LRELU_GAIN
-        shift = (self.activate.bias * gain).to(out.dtype)[None, :, None, None]
-        if dcoefs is None:
-            out = torch.add(shift, out, alpha=gain, out=out)
-        else:
-            out = torch.addcmul(shift, out, (dcoefs * gain).to(out.dtype)[:, :, None, None], out=out)
-        out = out.addcmul_(noise.to(out.dtype), (self.noise.weight * gain).to(out.dtype))
-        out = F.leaky_relu_(out, LRELU_ALPHA)
-        return out if self.conv_clamp is None else out.clamp_(-self.conv_clamp, self.conv_clamp)
+        out = self.conv(x, w)
+        out = self.noise(out, noise=noise)
+        return self.activate(out)
 
 
 class ToRGB(nn.Module):
@@ -380,14 +330,11 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor,
                 skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self.conv(x, w)
-        inplace = _inplace_ok(out)
-        out = out.add_(self.bias) if inplace else out + self.bias
+        out = self.conv(x, w) + self.bias
         if self.conv_clamp is not None:
             out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
             if not hasattr(self, "upsample"):
                 raise ValueError("ToRGB: this layer was built with upsample=False and takes no skip")
-            skip = self.upsample(skip)
-            out = out.add_(skip) if inplace else out + skip
+            out = out + self.upsample(skip)
         return out

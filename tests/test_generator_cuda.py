@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from stylegan2 import Generator
+from stylegan2 import Generator, optimize_generator_for_inference
 
 pytestmark = pytest.mark.cuda
 
@@ -41,3 +41,14 @@ def test_cuda_bf16_autocast_and_gradient(pair):
     with torch.inference_mode():
         full, _ = gpu([w_plus.detach()], input_is_latent=True, randomize_noise=False)
     assert (image.float() - full).abs().max() < 0.1 * full.abs().max()
+
+
+def test_inference_copy_runs_the_specification_on_cuda(pair):
+    """The CPU rewrites stand aside for CUDA tensors: bitwise the specification's image."""
+    _, gpu = pair
+    fast = optimize_generator_for_inference(gpu)
+    w_plus = torch.randn(2, gpu.n_latent, 32, device="cuda")
+    with torch.inference_mode():
+        expect, _ = gpu([w_plus], input_is_latent=True, randomize_noise=False)
+        got, _ = fast([w_plus], input_is_latent=True, randomize_noise=False)
+    assert torch.equal(got, expect)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylegan2 import Generator
+from stylegan2 import Generator, optimize_generator_for_inference
 from stylegan2.layers import EqualLinear, ModulatedConv2d, ToRGB
 from stylegan2.ops import upfirdn2d
 
@@ -139,10 +139,13 @@ def sd64(g):
     return {k: v.detach() for k, v in g.state_dict().items()}
 
 
+@pytest.mark.parametrize("form", ["specification", "inference"])
 @pytest.mark.parametrize("fused", [None, True, False])
 @pytest.mark.parametrize("grad", [True, False])
-def test_forward_matches_oracle(tiny, fused, grad):
-    tiny.fused_modconv = fused
+def test_forward_matches_oracle(tiny, fused, grad, form):
+    """The specification and its CPU inference rewrite (stylegan2.inference), autograd on and off."""
+    model = tiny if form == "specification" else optimize_generator_for_inference(tiny)
+    model.fused_modconv = fused
     torch.manual_seed(2)
     z = torch.randn(2, 16, dtype=DT)
     w_plus = o_mapping(z, sd64(tiny), 2).unsqueeze(1).repeat(1, tiny.n_latent, 1)
@@ -150,7 +153,7 @@ def test_forward_matches_oracle(tiny, fused, grad):
     noises = [getattr(tiny.noises, f"noise_{i}") for i in range(tiny.num_layers)]
     expect = o_synthesis(w_plus, sd64(tiny), len(tiny.to_rgbs), noises)
     with torch.set_grad_enabled(grad):
-        image, latent = tiny([w_plus], input_is_latent=True, randomize_noise=False, return_latents=True)
+        image, latent = model([w_plus], input_is_latent=True, randomize_noise=False, return_latents=True)
     tiny.fused_modconv = None
     torch.testing.assert_close(image, expect, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(latent, w_plus)
@@ -237,14 +240,6 @@ def test_to_rgb_skip_upsample_pad_2_1():
     torch.testing.assert_close(layer.upsample.kernel, BLUR * 4)
 
 
-def test_cpu_blur_path_equals_upfirdn2d():
-    """The CPU depthwise-conv blur is the same filter as the upfirdn2d reference op."""
-    conv = ModulatedConv2d(3, 4, 3, style_dim=4, upsample=True)
-    x = torch.randn(2, 4, 11, 11).contiguous(memory_format=torch.channels_last)
-    expect = upfirdn2d(x, conv.blur.kernel, pad=(1, 1), impl="ref")
-    torch.testing.assert_close(conv.blur(x), expect, rtol=1e-6, atol=1e-6)
-
-
 def test_noise_enters_before_activation_with_scalar_weight(tiny):
     """StyledConv: conv, then + weight * noise, then bias + lrelu: noise is inside the lrelu."""
     torch.manual_seed(5)
@@ -263,11 +258,13 @@ def test_noise_enters_before_activation_with_scalar_weight(tiny):
     torch.testing.assert_close(layer(x, w, noise=per_sample), o_styled(x, sd, "c", w, per_sample))
 
 
-def test_nonfused_reference_op_path_matches(tiny):
-    """With autograd on, all tails go through stylegan2.ops; off, they run in place: same numbers."""
+def test_inference_tails_match_the_specification_ops(tiny):
+    """With autograd on, the specification's tails go through stylegan2.ops; the inference copy
+    with autograd off runs them in place: same numbers."""
     w_plus = torch.randn(2, tiny.n_latent, 16, dtype=DT)
+    fast = optimize_generator_for_inference(tiny)
     with torch.inference_mode():
-        a, _ = tiny([w_plus], input_is_latent=True, randomize_noise=False)
+        a, _ = fast([w_plus], input_is_latent=True, randomize_noise=False)
     b, _ = tiny([w_plus.requires_grad_()], input_is_latent=True, randomize_noise=False)
     torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
 

@@ -2,8 +2,9 @@
 
 Inversion, rendering, evaluation and the benchmarks all encode and decode through this one form.
 Its encoder is rewritten for speed (``psp.models.nets.fuse``: BatchNorm folded into the
-convolutions, the style blocks of each pyramid level merged, channels-last weights), which changes
-its parameter names: a state dict of it would load into nothing, so it offers no ``save`` and
+convolutions, the style blocks of each pyramid level merged, channels-last weights), and its
+generator is the CPU inference rewrite of the specification (``stylegan2.inference``: a frozen
+copy, same state dict). The encoder rewrite changes its parameter names: a state dict of it would load into nothing, so it offers no ``save`` and
 refuses to be pickled. Save the :class:`~psp.models.model.PSP` model instead.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from psp.models.frozen import freeze
 from psp.models.generated import resize_generated
 from psp.models.nets.fuse import optimize_for_inference
+from stylegan2.inference import optimize_generator_for_inference
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,7 +50,8 @@ class InferenceModel:
         is rewritten (no second copy in memory), and ``model`` must not be used afterwards."""
         encoder = copy.deepcopy(model.encoder) if copy_encoder else model.encoder
         optimize_for_inference(encoder, channels_last)
-        return cls(model.config, encoder, model.generator, model.w_avg, model.input_size,
+        generator = optimize_generator_for_inference(model.generator)  # a rewritten copy
+        return cls(model.config, encoder, generator, model.w_avg, model.input_size,
                    model.start_from_latent_avg)
 
     @classmethod
