@@ -11,7 +11,7 @@ DT = torch.float64
 
 
 def spec_state_shapes(size, style_dim=512, n_mlp=8, cm=2, channel_max=None):
-    """rosinality's g_ema keys and shapes, written out from SPEC §4 (independent of our code)."""
+    """rosinality's g_ema keys and shapes, written out from the documented facts (docs/design.md; independent of our code)."""
     table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm,
              512: 32 * cm, 1024: 16 * cm}
     ch = {r: c if channel_max is None else min(c, channel_max) for r, c in table.items()}

@@ -1,4 +1,4 @@
-"""The generator against an independent float64 oracle written from the SPEC §4 facts.
+"""The generator against an independent float64 oracle written from the documented facts (docs/design.md).
 
 The oracle below never calls conv2d, conv_transpose2d or our ops: convolutions are explicit sums of
 shifted slices, upsampling is explicit zero insertion, padding is explicit. Each targeted test also
