@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# psp-toolkit images; usage in the README, section "Docker". One recipe, two flavours:
+# psp-toolkit images; usage in docs/deployment.md, section "Docker". One recipe, two flavours:
 #   GPU, for clusters (default):  docker build -t psp-toolkit .
 #   CPU, for inference only:      docker build --build-arg FLAVOR=cpu -t psp-toolkit:cpu .
 # Every RUN is a plain command that also works outside Docker. The Python install is `make setup`:

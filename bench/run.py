@@ -9,7 +9,7 @@ no warm caches or thread settings leak between benchmarks) with the preset's arg
 JSON output path. Its report is kept verbatim under ``benchmarks.<name>.runs[i].report`` and
 reduced to *figures*: comparable numbers with a stable name, a unit and a direction
 (``bench.common.figure``). A script may list its own ``figures``; otherwise :func:`extract_figures`
-derives them. The schema is documented in the README, section "Benchmarks".
+derives them. The schema is documented in docs/benchmarks.md.
 
 ``--compare OLD.json`` prints, per figure present in both runs, the ratio new/old and flags a
 regression when the figure got worse by more than ``--threshold`` (default 10 %).

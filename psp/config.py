@@ -41,7 +41,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, factory: Any = None):
-    """A schema field with its help text (shown in the README reference) and allowed values."""
+    """A schema field with its help text (shown in the generated reference, docs/configuration.md) and allowed values."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
@@ -286,7 +286,7 @@ def iter_fields(section: type = Config, prefix: str = ""):
 
 
 def markdown_reference() -> str:
-    """The README's config reference table, generated from the schema."""
+    """The config reference table of docs/configuration.md, generated from the schema."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key, tp, default, choices, help in iter_fields():
         shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()

@@ -328,7 +328,7 @@ def _settings(run: EvaluationRun, mode: str, metric_names: Sequence[str]) -> dic
 
 def build_report(mode: str, run: EvaluationRun, metric_names: Sequence[str],
                  results: dict[str, Scores]) -> dict:
-    """The content of metrics.json (schema in the README, "Evaluation" / "Outputs"). The headline ``metrics``,
+    """The content of metrics.json (schema in docs/evaluation.md, "Outputs"). The headline ``metrics``,
     ``seconds_per_image`` and ``failed`` are those of the last method (the full inversion)."""
     names = [*metric_names, "latent_mse"]
     table = summary_table(results, names)
