@@ -47,6 +47,10 @@ class Generator(nn.Module):
 
     Attributes: ``size``, ``style_dim``, ``log_size``, ``channels``, ``num_layers`` (noise inputs,
     ``2 * log_size - 3``), ``n_latent`` (W+ rows, ``2 * log_size - 2``).
+
+    This class and `stylegan2.layers` are the specification (one code path through
+    `stylegan2.ops`); `stylegan2.optimize_generator_for_inference` makes the faster CPU form of a
+    frozen generator with the same call and state dict.
     """
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8,
@@ -158,7 +162,7 @@ class Generator(nn.Module):
             out = self.convs[2 * level](out, latent[:, row], noise=noise[row])
             out = self.convs[2 * level + 1](out, latent[:, row + 1], noise=noise[row + 1])
             skip = to_rgb(out, latent[:, row + 2], skip)
-        image = skip.contiguous()
+        image = skip.contiguous()  # NCHW, also when the layers ran channels-last
         return image, (latent if return_latents else None)
 
     def _constant_input(self, batch: int) -> torch.Tensor:

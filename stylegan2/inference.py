@@ -10,9 +10,13 @@ the subclasses below. The subclasses add no parameters, buffers or settings and 
 - the original is never touched: it stays the specification (training, tests, checkpoints).
 
 A copy rather than an in-place rewrite (the encoder's BatchNorm fold, `psp.nets.fuse`, is in place)
-because a generator is shared: the training model keeps using the specification while inference
-runs the rewrite. It costs one more set of weights (about 120 MB for the 1024 config-f model in
-float32); drop the original when only inference is needed.
+because a generator is shared: the model that made it keeps the specification while inference runs
+the rewrite. It costs one more set of weights (about 120 MB for the 1024 config-f model in
+float32); replace the original by the copy when only the copy is needed.
+
+"Inference" means any use of a frozen generator: gradients w.r.t. its inputs flow through the copy
+(latent refinement, and the pSp training step, which trains the encoder through a frozen
+generator), only its own weights cannot be trained.
 
 The rewrites, all on CPU tensors only (a CUDA tensor gets the specification's forward, whose ops
 are one fused kernel each already):
