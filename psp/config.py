@@ -174,6 +174,8 @@ class InferConfig:
     save_images: bool = _f(False, "also write reconstructions")
     side_by_side: bool = _f(False, "reconstructions as input | output pairs")
     align: bool = _f(False, "FFHQ-style face alignment before encoding")
+    iterations: Optional[int] = _f(None, "ReStyle models: encoder passes per image (null: the model's "
+                                         "model.iterations, 5 for the released files); others: null or 1")
 
 
 @dataclass
@@ -582,6 +584,8 @@ def _check_loss(loss: LossConfig) -> None:
 def _check_infer(i: InferConfig) -> None:
     _positive(i, "infer", "batch_size")
     _non_negative(i, "infer", "num_workers")
+    _require(i.iterations is None or i.iterations >= 1, "infer.iterations",
+             f"must be >= 1 or null, got {i.iterations}")
 
 
 def _check_refine(r: RefineConfig) -> None:
