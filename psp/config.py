@@ -165,7 +165,7 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    checkpoint: str = _f("checkpoints/psp_ffhq_encode.pt", "pSp model file (official psp_*.pt or our psp.pt)")
+    checkpoint: str = _f("checkpoints/psp_ffhq_encode.pt", "model file: official pSp, e4e or ReStyle file, or our psp.pt")
     batch_size: int = _f(4, "images per forward pass")
     format: str = _f("pt", "latent file format", ("pt", "npy"))
     num_workers: int = _f(2, "image-decoding worker processes")
