@@ -28,7 +28,7 @@ from psp.config import (
     n_styles_for,
 )
 from psp.io.atomic import atomic_torch_save
-from psp.models.families import ENCODER_CLASSES, FamilyEncoding
+from psp.models.families import ENCODER_CLASSES, FamilyEncoding, is_iterative
 from psp.models.inference import InferenceModel
 from psp.models.generated import estimate_w_avg, resize_generated
 from psp.models.official import from_official
@@ -49,7 +49,8 @@ def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_in
     config section: a GradualStyleEncoder or one of its e4e / ReStyle subclasses.
 
     With `load_init` and `enc_cfg.init` set, the backbone starts from the ArcFace IR-SE-50 weights
-    (as pSp does); its input layer stays random when input_nc != 3.
+    (as pSp does); for input_nc != 3 its input conv stays random (pSp) or, for ReStyle, takes the
+    RGB filters in its first 3 channels (`init_backbone_from_arcface`).
     """
     backbone = ResNet(
         block=enc_cfg.block, depth=enc_cfg.depth, layers=enc_cfg.layers, widths=enc_cfg.widths,
@@ -58,24 +59,32 @@ def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_in
     )
     encoder = ENCODER_CLASSES[family](backbone, n_styles, style_dim, enc_cfg.input_size)
     if load_init and enc_cfg.init is not None:
-        init_backbone_from_arcface(backbone, enc_cfg.init)
+        init_backbone_from_arcface(backbone, enc_cfg.init, rgb_first=is_iterative(family))
     return encoder
 
 
-def init_backbone_from_arcface(backbone: ResNet, path: PathLike) -> None:
+def init_backbone_from_arcface(backbone: ResNet, path: PathLike, rgb_first: bool = False) -> None:
     """Copy `model_ir_se50.pth`'s input layer and body into `backbone` (pSp's encoder init).
 
-    The recogniser head (`output_layer`) is not part of the encoder; the input layer is skipped when
-    the backbone does not take 3 channels (pSp does the same for label maps).
+    The recogniser head (`output_layer`) is not part of the encoder. When the backbone does not take
+    3 channels the input layer is skipped (pSp does the same for label maps), unless `rgb_first`
+    (ReStyle's init: the whole input layer is copied, its conv drawn from N(0, 1) with the RGB
+    filters in the first 3 input channels).
     """
     state = safe_load(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected an ArcFace state dict, got {type(state).__name__}")
-    skip_input = backbone.stem.conv.in_channels != 3
-    ignore = ("output_layer.", "input_layer.") if skip_input else ("output_layer.",)
-    weights = from_official(state, backbone, source=f"model.encoder.init={path}", ignore=ignore)
+    in_chans = backbone.stem.conv.in_channels
+    skip = () if in_chans == 3 else ("input_layer.0.",) if rgb_first else ("input_layer.",)
+    weights = from_official(state, backbone, source=f"model.encoder.init={path}", ignore=("output_layer.", *skip))
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     assert not unexpected and all(k.startswith("stem.") for k in missing), (missing, unexpected)
+    if rgb_first and in_chans > 3:
+        rgb = state["input_layer.0.weight"]
+        with torch.no_grad():
+            conv = backbone.stem.conv.weight
+            conv.copy_(torch.randn_like(conv))
+            conv[:, :3] = rgb
 
 
 def _expand_w_avg(value: Any, n_styles: int, style_dim: int, source: str) -> torch.Tensor:
