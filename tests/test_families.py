@@ -272,9 +272,13 @@ def test_from_config_and_our_file_record_the_family(family, tmp_path, faces):
     model.save(tmp_path / "psp.pt")
     again = PSP.from_checkpoint(tmp_path / "psp.pt")
     assert again.family == family and type(again.encoder) is type(model.encoder)
+    assert again.encoder.progressive_stage is None
     with torch.no_grad():
         torch.testing.assert_close(again.encode(faces), model.encode(faces))
         assert len(again.encode_iterations(faces)) == (2 if family == "restyle_e4e" else 1)
+    model.encoder.set_progressive_stage(2)  # a model exported before every delta was unlocked
+    model.save(tmp_path / "stage2.pt")
+    assert PSP.from_checkpoint(tmp_path / "stage2.pt").encoder.progressive_stage == 2
 
 
 # ---------------------------------------------------------------- released files (full IR-SE-50 layout)

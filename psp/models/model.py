@@ -1,14 +1,18 @@
-"""PSP: the pSp inversion model (encoder + frozen StyleGAN2 generator + average latent).
+"""PSP: the inversion model (encoder + frozen StyleGAN2 generator + average latent), of any family.
 
     codes  = E(x) + w_avg                     x [B, 3, S, S] in [-1, 1] -> [B, n_styles, style_dim]
     images = G([codes], input_is_latent=True, randomize_noise=False), average-pooled to S x S
 
+(pSp and e4e; ReStyle iterates residual passes, psp.models.families.)
+
 Two file formats load through `PSP.from_checkpoint`:
-- official pSp files: {"state_dict": {"encoder.*", "decoder.*"}, "opts": {...}, "latent_avg": ...};
+- official pSp / e4e / ReStyle files: {"state_dict": {"encoder.*", "decoder.*"}, "opts": {...},
+  "latent_avg": ...} (psp.models.released);
 - our inference file (written by `PSP.save`):
-  {"format": "psp-toolkit/inference", "version": 1, "config": <model config dict>,
+  {"format": "psp-toolkit/inference", "version": 1, "config": <model config dict, with the family>,
    "encoder": <state dict, our names>, "w_avg": [n_styles, style_dim] or [style_dim],
-   "generator": <rosinality-named state dict> or None, "generator_ref": {"path", "sha256"} or None}.
+   "generator": <rosinality-named state dict> or None, "generator_ref": {"path", "sha256"} or None,
+   "progressive_stage": e4e stage or None (absent in older files: None, every row)}.
 """
 import dataclasses
 import os
@@ -272,6 +276,11 @@ class PSP(FamilyEncoding, nn.Module):
             generator = _load_referenced_generator(ref, gen_cfg, source)
         else:
             raise CheckpointError(f"{source}: holds neither 'generator' weights nor a 'generator_ref'")
+        stage = ckpt.get("progressive_stage")
+        if stage is not None:
+            if not hasattr(encoder, "set_progressive_stage"):
+                raise CheckpointError(f"{source}: 'progressive_stage' is set but a {cfg.family} encoder has none")
+            encoder.set_progressive_stage(int(stage))
         return cls(cfg, encoder, generator, _expand_w_avg(ckpt["w_avg"], n_styles, gen_cfg.style_dim, source), ref)
 
     @classmethod
@@ -336,6 +345,7 @@ class PSP(FamilyEncoding, nn.Module):
             "w_avg": self.w_avg.detach().cpu().clone(),
             "generator": _cpu_state(self.generator) if embed_generator else None,
             "generator_ref": ref,
+            "progressive_stage": getattr(self.encoder, "progressive_stage", None),
         }
         atomic_torch_save(payload, path)
 
