@@ -73,8 +73,8 @@ class FamilyEncoding:
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ValueError(f"iterations must be a positive int, got {iterations!r}")
         if iterations != 1 and not self.is_iterative:
-            raise ValueError(f"iterations={iterations} needs a ReStyle model; a {self.family} model encodes "
-                             "in one pass")
+            raise ValueError(f"iterations={iterations} needs a ReStyle model; this {self.family} model "
+                             "encodes in one pass (drop it or use 1)")
         return iterations
 
     def average_image(self) -> torch.Tensor:
