@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from psp.cli.edit import main as edit_main
 from psp.cli.infer import main
 from psp.config import TuneConfig
 from psp.inference.outputs import DELTA_KEY, load_latent
@@ -253,6 +254,16 @@ def test_infer_tunes_per_image_and_render_draws_with_the_delta(checkpoint, tmp_p
         expected = torch.from_numpy(np.asarray(saved, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
     assert (tuned[0].clamp(-1, 1) - expected).abs().max() < 0.02
     assert (base[0].clamp(-1, 1) - expected).abs().max() > 0.05
+
+    # psp edit draws the tuned latent with its delta, and its edited latents keep naming it.
+    np.save(tmp_path / "direction.npy", np.ones((1, codes.shape[1]), dtype=np.float32))
+    edited = tmp_path / "edited"
+    assert edit_main(["edit", str(out / "p1.pt"), "--direction", str(tmp_path / "direction.npy"),
+                      "--strength", "0:1:2", "--out", str(edited)]) == 0
+    with Image.open(edited / "p1.png") as strip_image, Image.open(out / "p1.png") as saved:
+        first = np.asarray(strip_image, dtype=int)[:, : saved.width]
+        assert np.abs(first - np.asarray(saved, dtype=int)).max() <= 1
+    assert Path(load_latent(edited / "p1_01.pt")[1][DELTA_KEY]) == (out / "p1.delta").resolve()
 
 
 def test_tune_per_folder_shares_one_delta_per_folder(checkpoint, tmp_path):
