@@ -309,3 +309,22 @@ def test_tuning_config_errors(checkpoint, tmp_path, capsys):
         assert _infer(tmp_path / "photos", "--out", tmp_path / "out", "--checkpoint", checkpoint, *args) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+
+
+def test_evaluate_gains_the_tuned_rows(checkpoint, tmp_path, capsys):
+    from psp.cli.evaluate import main as evaluate_main
+
+    for i in range(2):
+        _photo(tmp_path / "photos" / f"{i}.png", seed=10 + i)
+    out = tmp_path / "eval"
+    assert evaluate_main([str(tmp_path / "photos"), "--checkpoint", str(checkpoint), "--out", str(out), "--no-lpips",
+                          "--workers", "0", "--tune-generator", "4", "--tune-rank", "2", "tune.lr=0.003",
+                          "--quiet"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    methods = [row["method"] for row in report["table"]]
+    assert methods == ["encoder", "encoder + PTI 4 (full)", "encoder + PTI 4 (rank 2)"]
+    l2 = [row["metrics"]["l2"]["mean"] for row in report["table"]]
+    assert l2[1] < l2[0] and l2[2] < l2[0]
+    assert report["table"][2]["metrics"]["delta_mb"]["mean"] > 0
+    assert report["config"]["tune"]["lpips"] == 0.0 and report["config"]["tune_steps"] == 4
+    assert "| encoder + PTI 4 (full) |" in capsys.readouterr().out
