@@ -69,6 +69,27 @@ def test_tuning_lowers_the_image_loss_and_leaves_the_base_alone(generator):
     assert all(torch.equal(p, base[n]) for n, p in result.generator.named_parameters() if n.startswith("style."))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_the_inference_rewrite_of_a_clamped_generator_tunes_and_round_trips(device):
+    """NVIDIA imports are Generators with a conv_clamp; inversion uses the inference rewrite."""
+    from stylegan2.inference import optimize_generator_for_inference
+
+    torch.manual_seed(5)
+    spec = Generator(SIZE, STYLE_DIM, n_mlp=2, channel_multiplier=1, channel_max=16, conv_clamp=0.5)
+    base = optimize_generator_for_inference(spec).to(device)
+    targets, pivots, w_avg = _problem(base.cpu())
+    base.to(device)
+    targets, pivots, w_avg = targets.to(device), pivots.to(device), w_avg.to(device)
+    before = generator_sha256(base)
+    result = tune(base, targets, pivots, FAST, w_avg=w_avg)
+    assert generator_sha256(base) == before and type(result.generator) is type(base)
+    assert _l2(result.generator, pivots, targets) < _l2(base, pivots, targets)
+    drawn = apply_delta(base, compress_delta(base, result.generator, rank=0))
+    with torch.no_grad():
+        assert torch.allclose(reconstruct(drawn, pivots, (SIZE, SIZE)),
+                              reconstruct(result.generator, pivots, (SIZE, SIZE)), atol=1e-5)
+
+
 def test_inference_mode_callers_and_a_custom_lpips(generator):
     targets, pivots, w_avg = _problem(generator, n=1)
     calls = []
