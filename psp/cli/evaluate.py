@@ -106,6 +106,9 @@ def check_mode(args: argparse.Namespace, config: Config) -> str:
             raise InputError(f"give either IMAGES_DIR ('{images}') or --synthetic, not both")
         if args.synthetic <= 0:
             raise InputError(f"--synthetic must be a positive number of images, got {args.synthetic}")
+        if config.tune.steps:
+            raise InputError("--tune-generator needs IMAGES_DIR: --synthetic images are drawn by the generator "
+                             "itself, so there is nothing beyond W+ to tune for")
         mode = "synthetic"
     elif images is None:
         raise InputError("--checkpoint needs IMAGES_DIR (a folder of images) or --synthetic N")
