@@ -244,14 +244,14 @@ def _infer(*argv) -> int:
 TUNE_FAST = ["tune.lpips=0", "tune.lr=0.003", "tune.rank=2"]
 
 
-def test_infer_tunes_per_image_and_render_draws_with_the_delta(checkpoint, tmp_path):
+def test_infer_tunes_per_image_and_render_draws_with_the_delta(checkpoint, tmp_path, capsys):
     photos = tmp_path / "photos"
-    for i in range(3):
+    for i in range(2):
         _photo(photos / f"p{i}.png", seed=i)
     out = tmp_path / "out"
     assert _infer(photos, "--out", out, "--checkpoint", checkpoint, "--tune-generator", 3, "--save-images",
-                  "--batch-size", 2, *TUNE_FAST) == 0
-    assert sorted(p.name for p in out.glob("*.delta")) == ["p0.delta", "p1.delta", "p2.delta"]
+                  "--batch-size", 1, *TUNE_FAST) == 0
+    assert sorted(p.name for p in out.glob("*.delta")) == ["p0.delta", "p1.delta"]
     codes, meta = load_latent(out / "p1.pt")
     assert meta[DELTA_KEY] == "p1.delta" and meta["tune_steps"] == 3
     header = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
@@ -259,13 +259,14 @@ def test_infer_tunes_per_image_and_render_draws_with_the_delta(checkpoint, tmp_p
 
     rendered, plain = tmp_path / "rendered", tmp_path / "plain"
     assert main(["render", str(out), "--out", str(rendered), "--quiet"]) == 0
-    for i in range(3):
+    for i in range(2):
         with Image.open(rendered / f"p{i}.png") as a, Image.open(out / f"p{i}.png") as b:
             assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
     # Without its delta the same latent draws another image.
     (out / "p0.delta").unlink()
     assert main(["render", str(out / "p0.pt"), "--out", str(plain), "--quiet"]) == 1  # reported, skipped
     assert not (plain / "p0.png").exists()
+    assert f"failed: {out / 'p0.pt'} names {out / 'p0.delta'}: generator delta file not found" in capsys.readouterr().err
 
     model = PSP.from_checkpoint(checkpoint).eval()
     with torch.no_grad():
@@ -349,3 +350,6 @@ def test_evaluate_gains_the_tuned_rows(checkpoint, tmp_path, capsys):
     assert report["table"][2]["metrics"]["delta_mb"]["mean"] > 0
     assert report["config"]["tune"]["lpips"] == 0.0 and report["config"]["tune_steps"] == 4
     assert "| encoder + PTI 4 (full) |" in capsys.readouterr().out
+    assert evaluate_main(["--checkpoint", str(checkpoint), "--synthetic", "2", "--out", str(tmp_path / "s"),
+                          "--no-lpips", "--tune-generator", "2", "--quiet"]) == 2
+    assert "needs IMAGES_DIR" in capsys.readouterr().err

@@ -89,7 +89,8 @@ class Render:
                         w_plus, delta = self._read(job)
                         generator = self._tuned(delta)
                     except (LatentFileError, DeltaFileError) as exc:
-                        bar.write(f"failed: {exc}", file=sys.stderr)
+                        named = f"{job.source} names {exc}" if isinstance(exc, DeltaFileError) else exc
+                        bar.write(f"failed: {named}", file=sys.stderr)
                         summary.failed += 1
                         continue
                     _, codes, ready = groups.setdefault(delta, (generator, [], []))
