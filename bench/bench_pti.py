@@ -8,7 +8,8 @@ architecture with other random weights, ``model.generator.seed=--other-seed``). 
 
 - ``encoder``: the encoder's codes; ``+ refine N``: those codes after ``--refine-steps`` (L2 Adam);
 - ``+ PTI full``: the generator tuned for ``--tune-steps`` from the refined codes (``psp.tuning``,
-  the ``tune`` defaults except ``--tune-steps``, ``--tune-lr``; pixels only without LPIPS weights);
+  the ``tune`` defaults except ``--tune-steps``, ``--tune-lr``, ``--locality``; pixels only without
+  LPIPS weights);
 - ``+ PTI rank r``: the base generator plus the tuned one's delta compressed to rank ``r`` (0: dense).
 
 Scores at the encoder's input size: ``l2`` ([-1, 1] units), ``ms_ssim`` and ``lpips`` (only with
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine-steps", type=int, default=100)
     parser.add_argument("--tune-steps", type=int, default=350, help="PTI steps (the paper's 350)")
     parser.add_argument("--tune-lr", type=float, default=3e-4, help="PTI learning rate (the paper's 3e-4)")
+    parser.add_argument("--locality", type=float, default=0.1, help="locality regulariser weight (tune.locality; 0 = off)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 0], help="delta ranks (0 = dense)")
     parser.add_argument("--locality-codes", type=int, default=8, help="random codes of the locality check")
     parser.add_argument("--lpips-weights", type=Path, help="torchvision alexnet-owt-7be5be79.pth (LPIPS metric and loss)")
@@ -68,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def targets(args: argparse.Namespace, size: int) -> list[tuple[str, str, torch.Tensor]]:
     """(source, name, image [3, size, size]) of every target."""
     out = [("photos", path.name, to_tensor(load_rgb(path), size)) for path in list_images(args.images)]
+    if args.n_other == 0:
+        return out
     other_cfg = load_config(["demo"], [f"model.generator.seed={args.other_seed}"], command="model").model
     other = PSP.from_config(other_cfg).generator.eval()
     data = SyntheticDataset(other, args.n_other, size=size, seed=123, fixed=True)
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     model = load_inference_model(args.checkpoint, device)
     engine = Engine(model, device, refine=RefineConfig(steps=args.refine_steps, lpips=0.8 if lpips else 0.0),
                     lpips=lpips)
-    tune_cfg = TuneConfig(steps=args.tune_steps, lr=args.tune_lr, lpips=1.0 if lpips else 0.0)
+    tune_cfg = TuneConfig(steps=args.tune_steps, lr=args.tune_lr, lpips=1.0 if lpips else 0.0, locality=args.locality)
     base = model.generator
     sha = generator_sha256(base)
     full_mb = sum(p.numel() * p.element_size() for p in base.parameters()) / 1e6
