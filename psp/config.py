@@ -187,6 +187,22 @@ class RefineConfig:
 
 
 @dataclass
+class TuneConfig:
+    steps: int = _f(0, "pivotal tuning: fine-tune a copy of the generator for N Adam steps on the image(s) from their final codes (0 = off; PTI: 350)")
+    per: str = _f("image", "one tuned generator per image, or one per folder of inputs (video frames, one person's photos)", ("image", "folder"))
+    lr: float = _f(3e-4, "Adam learning rate of the generator weights (PTI: 3e-4)")
+    l2: float = _f(1.0, "image L2 weight (PTI: 1)")
+    lpips: float = _f(1.0, "image LPIPS weight, also used by the locality term (0: pixels only, no LPIPS weights needed; PTI: 1)")
+    stop_lpips: float = _f(0.07, "stop early once every image's LPIPS is at most this (0 = never; PTI: 0.07)")
+    locality: float = _f(0.1, "weight of the locality regulariser relative to the image objective (0 = off; PTI: 0.1)")
+    locality_every: int = _f(1, "apply the locality regulariser every N steps (PTI: 1)")
+    locality_samples: int = _f(1, "random codes per locality evaluation (PTI: 1)")
+    locality_alpha: float = _f(30.0, "distance from the pivot, towards a random code, of the regularised code (PTI: 30)")
+    locality_truncation: float = _f(0.5, "truncation of the random codes towards w_avg (PTI: 0.5)")
+    rank: int = _f(8, "rank of the saved per-layer weight deltas (0 = full, dense deltas)")
+
+
+@dataclass
 class EvaluateConfig:
     lpips: bool = _f(True, "measure LPIPS (false: offline without its weights; also turns refine.lpips off)")
     arcface: Optional[str] = _f(None, "ArcFace IR-SE-50 file (model_ir_se50.pth): adds the id_similarity metric")
@@ -219,6 +235,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -227,16 +244,17 @@ class Config:
 # The sections each command reads. Sections outside a command's list keep their defaults there.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "data", "loss", "lpips", "optim", "train", "ops", "log"),
-    "infer": ("infer", "refine", "lpips", "ops"),
+    "infer": ("infer", "refine", "tune", "lpips", "ops"),
     "render": ("infer", "ops"),
-    "evaluate": ("infer", "refine", "lpips", "evaluate", "ops"),
+    "evaluate": ("infer", "refine", "tune", "lpips", "evaluate", "ops"),
     "model": ("model",),  # a model description alone (benchmarks, tests, the Python API)
 }
 
 # Keys that moved, for a helpful error when an older YAML file or script names them.
 MOVED_KEYS = {"infer.refine_steps": "refine.steps", "infer.refine_lr": "refine.lr",
               "infer.refine_l2": "refine.l2", "infer.refine_lpips": "refine.lpips",
-              "loss.lpips_net": "lpips.net", "loss.lpips_weights": "lpips.weights"}
+              "loss.lpips_net": "lpips.net", "loss.lpips_weights": "lpips.weights",
+              "infer.tune_steps": "tune.steps", "infer.tune_lpips": "tune.lpips", "infer.tune_per": "tune.per"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +564,10 @@ def validate(config: Config, command: str = "train") -> None:
         CHECKS.get(section, lambda _: None)(getattr(config, section))
     if command == "train":
         _check_training(config)
+    if command == "infer":
+        # A tuned latent names its generator delta, and only .pt latent files hold metadata.
+        _require(config.tune.steps == 0 or config.infer.format == "pt", "infer.format",
+                 "is npy but tune.steps > 0; tuned latents must name their delta file: use infer.format=pt")
 
 
 def _positive(section: Any, prefix: str, *keys: str) -> None:
@@ -598,8 +620,13 @@ def _check_evaluate(e: EvaluateConfig) -> None:
     _non_negative(e, "evaluate", "report_examples")
 
 
+def _check_tune(t: TuneConfig) -> None:
+    _non_negative(t, "tune", "steps", "l2", "lpips", "stop_lpips", "locality", "locality_alpha", "rank")
+    _positive(t, "tune", "lr", "locality_every", "locality_samples", "locality_truncation")
+
+
 CHECKS = {"train": _check_train, "data": _check_data, "optim": _check_optim, "loss": _check_loss,
-          "infer": _check_infer, "refine": _check_refine, "evaluate": _check_evaluate}
+          "infer": _check_infer, "refine": _check_refine, "tune": _check_tune, "evaluate": _check_evaluate}
 
 
 def _check_training(config: Config) -> None:

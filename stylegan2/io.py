@@ -57,7 +57,7 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
     except PermissionError as err:
         raise CheckpointError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, struct.error,
-            zipfile.BadZipFile) as err:
+            zipfile.BadZipFile, OSError) as err:  # OSError: torch's zip reader on a truncated file
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint "
                                     f"({type(err).__name__}: {_first_line(err)}){_FORMAT_HINT}") from None
 

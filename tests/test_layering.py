@@ -1,7 +1,7 @@
 """The package layout's one rule: dependencies point one way.
 
     stylegan2 <- psp.errors / psp.config / psp.io <- psp.models <- psp.training, psp.inference
-    psp.inference <- psp.evaluation, psp.editing <- psp.cli
+    psp.inference <- psp.tuning <- psp.evaluation;  psp.inference <- psp.editing;  all <- psp.cli
 
 Every import (module-level or inside a function) of every module is checked against the table,
 and Lightning stays inside psp.training.
@@ -21,7 +21,8 @@ ALLOWED = {
     "psp.models": BASE,
     "psp.training": BASE | {"psp.models"},
     "psp.inference": BASE | {"psp.models"},
-    "psp.evaluation": BASE | {"psp.models", "psp.inference"},
+    "psp.tuning": BASE | {"psp.models", "psp.inference"},
+    "psp.evaluation": BASE | {"psp.models", "psp.inference", "psp.tuning"},
     "psp.editing": BASE | {"psp.models", "psp.inference"},
     "psp.model": {"psp.models"},   # documented import path: ``from psp.model import PSP``
     "psp.nets": {"psp.models"},    # documented import path: ``from psp.nets.arcface import load_arcface``

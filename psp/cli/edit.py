@@ -29,22 +29,42 @@ from psp.io.images import to_image
 from psp.inference.engine import Engine
 from psp.models.inference import InferenceModel
 from psp.inference.outputs import (
+    DELTA_KEY,
     LatentFileError,
     Manifest,
     atomic_write,
+    latent_delta,
     load_latent,
     save_latent,
 )
 from psp.inference.render import list_latents
+from stylegan2.delta import DeltaFileError, apply_delta, load_delta
 from stylegan2.fingerprint import generator_sha256
 from stylegan2.io import sha256_file
 
 
 # ---------------------------------------------------------------------------------------- model
-def decode(model: InferenceModel, codes: torch.Tensor) -> torch.Tensor:
+def decode(model: InferenceModel, codes: torch.Tensor, delta: Optional[Path] = None) -> torch.Tensor:
     """W+ codes ``[B, n, D]`` -> images ``[B, 3, S, S]`` in [-1, 1] on the CPU, through the inversion
-    engine's decode (the one ``infer.py render`` uses, so an edited latent renders the same)."""
-    return Engine(model, model.device).decode(codes).cpu()
+    engine's decode (the one ``infer.py render`` uses, so an edited latent renders the same).
+    ``delta``: the generator delta file of a tuned latent (``infer.py --tune-generator``)."""
+    generator = None
+    if delta is not None:
+        try:
+            generator = apply_delta(model.generator, load_delta(delta), source=str(delta))
+        except DeltaFileError as exc:
+            raise EditingError(str(exc)) from None
+    return Engine(model, model.device).decode(codes, generator=generator).cpu()
+
+
+def delta_of(path: Path, meta: dict) -> tuple[Optional[Path], dict]:
+    """The delta file a latent names, and its metadata with that name made absolute, so edited
+    latents written elsewhere still render with the tuned generator."""
+    try:
+        delta = latent_delta(path, meta)
+    except LatentFileError as exc:
+        raise EditingError(str(exc)) from None
+    return delta, meta if delta is None else {**meta, DELTA_KEY: str(delta.resolve())}
 
 
 def load_model(checkpoint: Optional[str], latent_paths: Sequence[Path]) -> tuple[InferenceModel, str, Path]:
@@ -180,13 +200,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
         manifest.write([{"type": "run", "command": "edit", "checkpoint": str(ckpt), "generator_sha256": sha,
                          "directions": [d.source for d in directions], "strengths": strengths}])
         for path, codes, meta in latents:
+            delta, meta = delta_of(path, meta)
             steps = []
             for s in strengths:
                 c = codes
                 for d in directions:
                     c = edit(c, d.vectors, s, layers if layers is not None else d.layers)
                 steps.append(c)
-            images = decode(model, torch.stack(steps))
+            images = decode(model, torch.stack(steps), delta)
             records = []
             for i, (s, c) in enumerate(zip(strengths, steps)):
                 record = {"direction": [d.source for d in directions], "strength": s,
@@ -206,14 +227,15 @@ def cmd_mix(args: argparse.Namespace) -> int:
     paths = gather([args.a, args.b])
     model, sha, ckpt = load_model(args.checkpoint, paths)
     rows = parse_layers(args.layers, model.n_styles)
-    (_, a, meta), (_, b, _) = read_checked(paths, model, sha, ckpt)
+    (path_a, a, meta), (_, b, _) = read_checked(paths, model, sha, ckpt)
+    delta, meta = delta_of(path_a, meta)  # drawn with A's generator
     mixed = mix(a, b, rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with Manifest(out) as manifest:
         save_latent(out / "mix.pt", mixed, {**meta, "generator_sha256": sha,
                                             "edit": {"mix": [str(args.a), str(args.b)], "layers": rows}})
-        save_image(out / "mix.png", strip(decode(model, torch.stack([a, b, mixed]))))
+        save_image(out / "mix.png", strip(decode(model, torch.stack([a, b, mixed]), delta)))
         manifest.write([{"type": "run", "command": "mix", "a": args.a, "b": args.b, "layers": rows,
                          "generator_sha256": sha, "latent": "mix.pt", "image": "mix.png"}])
     print(f"mixed rows {args.layers} of {args.b} into {args.a} -> {out}/mix.png (A | B | mix)")
@@ -226,9 +248,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     check_animate(args.animate)
     paths = gather([args.a, args.b])
     model, sha, ckpt = load_model(args.checkpoint, paths)
-    (_, a, meta), (_, b, _) = read_checked(paths, model, sha, ckpt)
+    (path_a, a, meta), (_, b, _) = read_checked(paths, model, sha, ckpt)
+    delta, meta = delta_of(path_a, meta)  # drawn with A's generator
     path = interpolate(a, b, args.steps, spherical=args.spherical)
-    images = decode(model, path)
+    images = decode(model, path, delta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with Manifest(out) as manifest:

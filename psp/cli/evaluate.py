@@ -23,7 +23,8 @@ FLAG_KEYS = {"refine_steps": ("refine", "steps"), "refine_lr": ("refine", "lr"),
              "lpips_weights": ("lpips", "weights"), "arcface": ("evaluate", "arcface"),
              "batch_size": ("infer", "batch_size"), "workers": ("infer", "num_workers"),
              "device": ("infer", "device"), "precision": ("infer", "precision"),
-             "report_examples": ("evaluate", "report_examples"), "iterations": ("infer", "iterations")}
+             "report_examples": ("evaluate", "report_examples"), "iterations": ("infer", "iterations"),
+             "tune_generator": ("tune", "steps"), "tune_rank": ("tune", "rank")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-lr", type=float, help="refinement learning rate (refine.lr)")
     parser.add_argument("--refine-l2", type=float, help="L2 weight of the refinement objective (refine.l2)")
     parser.add_argument("--refine-lpips", type=float, help="LPIPS weight of the refinement objective (refine.lpips)")
+    parser.add_argument("--tune-generator", type=int, metavar="STEPS",
+                        help="also tune the generator per image for STEPS steps (tune.steps): full and compact rows")
+    parser.add_argument("--tune-rank", type=int, help="rank of the compact delta row (tune.rank; 0 = dense)")
     parser.add_argument("--size", type=int, help="--targets/--outputs: side both images are resized to (evaluate.size)")
     parser.add_argument("--seed", type=int, help="--synthetic: first latent seed (evaluate.seed)")
     parser.add_argument("--lpips-weights", help="torchvision's ImageNet AlexNet file (alexnet-owt-7be5be79.pth) "
@@ -77,6 +81,7 @@ def resolve(args: argparse.Namespace) -> Config:
         config.evaluate.lpips = False
     if not config.evaluate.lpips:
         config.refine.lpips = 0.0
+        config.tune.lpips = 0.0
     validate(config, "evaluate")
     return config
 
@@ -91,8 +96,9 @@ def check_mode(args: argparse.Namespace, config: Config) -> str:
             raise InputError("--targets and --outputs go together; give both folders")
         if args.checkpoint is not None or images is not None or args.synthetic is not None:
             raise InputError("--targets/--outputs score existing images; drop --checkpoint, IMAGES_DIR and --synthetic")
-        if config.refine.steps:
-            raise InputError("--refine-steps needs --checkpoint (there is nothing to refine in --targets/--outputs)")
+        if config.refine.steps or config.tune.steps:
+            flag = "--refine-steps" if config.refine.steps else "--tune-generator"
+            raise InputError(f"{flag} needs --checkpoint (there is nothing to refine or tune in --targets/--outputs)")
         mode = "pairs"
     elif args.checkpoint is None:
         raise InputError("nothing to evaluate; give --checkpoint CKPT IMAGES_DIR, --checkpoint CKPT --synthetic N, "
@@ -102,6 +108,9 @@ def check_mode(args: argparse.Namespace, config: Config) -> str:
             raise InputError(f"give either IMAGES_DIR ('{images}') or --synthetic, not both")
         if args.synthetic <= 0:
             raise InputError(f"--synthetic must be a positive number of images, got {args.synthetic}")
+        if config.tune.steps:
+            raise InputError("--tune-generator needs IMAGES_DIR: --synthetic images are drawn by the generator "
+                             "itself, so there is nothing beyond W+ to tune for")
         mode = "synthetic"
     elif images is None:
         raise InputError("--checkpoint needs IMAGES_DIR (a folder of images) or --synthetic N")

@@ -1,6 +1,6 @@
 """``infer.py``: invert images into W+ latents; ``infer.py render``: latents back into images.
 
-Settings come from the config sections the command reads (``infer``, ``refine``, ``lpips``, ``ops``;
+Settings come from the config sections the command reads (``infer``, ``refine``, ``tune``, ``lpips``, ``ops``;
 render: ``infer``, ``ops``): defaults <- ``--config`` files <- ``key=value`` overrides <- flags (a
 flag given on the command line always wins). The model's own config comes
 from the checkpoint. Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage/config error
@@ -32,7 +32,8 @@ FLAG_KEYS = {"checkpoint": ("infer", "checkpoint"), "format": ("infer", "format"
              "precision": ("infer", "precision"), "save_images": ("infer", "save_images"),
              "side_by_side": ("infer", "side_by_side"), "refine_steps": ("refine", "steps"),
              "align": ("infer", "align"), "workers": ("infer", "num_workers"),
-             "iterations": ("infer", "iterations")}
+             "iterations": ("infer", "iterations"), "tune_generator": ("tune", "steps"),
+             "tune_per": ("tune", "per")}
 
 EPILOG = """\
 inputs: image files, folders (searched recursively) and @LIST text files (one path per line,
@@ -69,6 +70,10 @@ def invert_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-steps", type=int, help="optimise W+ for N steps (refine.steps)")
     parser.add_argument("--iterations", type=int,
                         help="ReStyle models: encoder passes per image (infer.iterations; default 5)")
+    parser.add_argument("--tune-generator", type=int, metavar="STEPS",
+                        help="pivotal tuning: fine-tune the generator for STEPS steps, saved as a delta (tune.steps)")
+    parser.add_argument("--tune-per", choices=("image", "folder"),
+                        help="one tuned generator per image or per folder of inputs (tune.per)")
     parser.add_argument("--align", action="store_const", const=True,
                         help="FFHQ-style face alignment first (infer.align)")
     parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
@@ -127,7 +132,12 @@ def invert(argv: Sequence[str]) -> int:
                     iterations=cfg.iterations)
     sha256 = sha256_file(checkpoint)
     done = finished_outputs(args.out, args.resume, sha256)
-    run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet)
+    if config.tune.steps > 0:
+        from psp.tuning.inversion import TunedInversion
+
+        run = TunedInversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet, tune=config.tune)
+    else:
+        run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet)
     run.prepare(config.lpips)
     summary = _until_io_error(lambda: run.run(jobs, done), "rerun with --resume to continue")
     if summary is None:

@@ -2,13 +2,15 @@
 
 Three modes; each writes ``metrics.json``, ``per_image.csv`` and ``report.png`` under ``--out``::
 
-    psp evaluate --checkpoint psp.pt IMAGES_DIR --out eval/ [--refine-steps N]
+    psp evaluate --checkpoint psp.pt IMAGES_DIR --out eval/ [--refine-steps N] [--tune-generator N]
     psp evaluate --targets DIR --outputs DIR --out eval/
     psp evaluate --checkpoint psp.pt --synthetic 64 --out eval/ [--refine-steps N]
 
 - checkpoint + folder: every image under IMAGES_DIR (recursive) is resized to the encoder's input,
   encoded, optionally refined (``psp.inference.refine``), decoded (the inversion engine, pooled to the input size)
-  and scored against the resized input; seconds per image are timed.
+  and scored against the resized input; seconds per image are timed. With ``--tune-generator N``
+  (``tune.steps``) each image's generator is also tuned from its codes (``psp.tuning``): two more
+  rows, the full tuned generator and the base plus its ``tune.rank`` delta (with ``delta_mb``).
 - targets + outputs: existing reconstructions (e.g. ``infer.py --save-images``) are scored against
   their targets, matched by relative path without the extension; both are resized to ``--size`` (``evaluate.size``).
 - synthetic: held-out images drawn by the checkpoint's own generator from known W+ codes
@@ -23,6 +25,7 @@ Exit codes: 0 every image scored, 1 some could not be read or had no reconstruct
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -34,7 +37,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from psp.config import Config
+from psp.config import Config, TuneConfig
 from psp.errors import InputError
 from psp.evaluation.machine import describe_machine, machine_line
 from psp.evaluation.metrics import DEFINITIONS, ReconstructionMetrics, summarize
@@ -75,6 +78,10 @@ class EvaluationRun:
     @property
     def refine(self):
         return self.config.refine
+
+    @property
+    def tune(self):
+        return self.config.tune
 
     @property
     def lpips(self):
@@ -165,6 +172,8 @@ def evaluate_folder(engine: Engine, metrics: ReconstructionMetrics, run: Evaluat
     methods = pass_methods(engine) + [method_name(run.refine.steps)]
     results = {m: Scores(Extremes(rank_metric, run.evaluate.report_examples)) for m in methods}
     scores = results[methods[-1]]
+    tuned = TunedRows(methods[-1], run.tune, Extremes(rank_metric, run.evaluate.report_examples),
+                      Extremes(rank_metric, run.evaluate.report_examples)) if run.tune.steps else None
     device = engine.device
     with progress_bar(len(files), "evaluating", run.quiet) as bar:
         for batch in stream_images([files], engine.model.input_size, run.infer.batch_size, run.infer.num_workers):
@@ -176,15 +185,54 @@ def evaluate_folder(engine: Engine, metrics: ReconstructionMetrics, run: Evaluat
                 _sync(device)
                 start = time.perf_counter()
                 passes = engine.encode_iterations(x)
-                y_hat = engine.decode(engine.refine_codes(x, passes[-1]))
+                codes = engine.refine_codes(x, passes[-1])
+                y_hat = engine.decode(codes)
                 _sync(device)
                 seconds = time.perf_counter() - start
-                for method, codes in zip(methods, passes[:-1]):  # intermediate ReStyle passes, untimed
-                    y_pass = engine.decode(codes)
+                for method, pass_codes in zip(methods, passes[:-1]):  # intermediate ReStyle passes, untimed
+                    y_pass = engine.decode(pass_codes)
                     results[method].add(paths, x, y_pass, metrics(y_pass, x))
                 scores.add(paths, x, y_hat, metrics(y_hat, x), seconds)
+                if tuned is not None:
+                    tuned.add(engine, metrics, paths, x, codes, seconds)
             bar.update(len(batch.indices) + len(batch.failures))
-    return results
+    return {**results, **(tuned.results() if tuned is not None else {})}
+
+@dataclass
+class TunedRows:
+    """The rows of pivotal tuning from the inversion's codes (``tune.steps`` > 0): the full tuned
+    generator, and the base plus the saved delta of rank ``tune.rank``; one tuning per image.
+    Their seconds include the inversion's; ``delta_mb`` is the delta's size."""
+
+    inverted: str
+    cfg: TuneConfig
+    full_extremes: Extremes
+    compact_extremes: Extremes
+    full: Optional[Scores] = None
+    compact: Optional[Scores] = None
+
+    def __post_init__(self) -> None:
+        self.full, self.compact = Scores(self.full_extremes), Scores(self.compact_extremes)
+
+    def add(self, engine: Engine, metrics: ReconstructionMetrics, paths: Sequence[str], x: torch.Tensor,
+            codes: torch.Tensor, inversion_seconds: float) -> None:
+        from psp.tuning.measure import tune_image
+
+        share = inversion_seconds / len(paths)
+        for k, path in enumerate(paths):
+            result = tune_image(engine, x[k:k + 1], codes[k:k + 1], self.cfg, [self.cfg.rank], metrics.lpips)
+            target = x[k:k + 1]
+            self.full.add([path], target, result.full, metrics(result.full, target), share + result.seconds)
+            compact = result.compact[self.cfg.rank]
+            values = metrics(compact, target)
+            values["delta_mb"] = torch.tensor([result.nbytes[self.cfg.rank] / 1e6])
+            self.compact.add([path], target, compact, values,
+                             share + result.seconds + result.compress_seconds[self.cfg.rank])
+
+    def results(self) -> dict[str, Scores]:
+        name = f"{self.inverted} + PTI {self.cfg.steps}"
+        rank = f"rank {self.cfg.rank}" if self.cfg.rank else "dense delta"
+        return {f"{name} (full)": self.full, f"{name} ({rank})": self.compact}
 
 
 def match_pairs(targets: Path, outputs: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -337,7 +385,9 @@ def _settings(run: EvaluationRun, mode: str, metric_names: Sequence[str]) -> dic
                 "lpips_weights": run.lpips.weights, "arcface": run.evaluate.arcface}
     if mode == "pairs":
         return {**settings, "targets": str(run.targets), "outputs": str(run.outputs), "size": run.evaluate.size}
-    settings.update(refine_steps=run.refine.steps, iterations=run.infer.iterations)
+    settings.update(refine_steps=run.refine.steps, iterations=run.infer.iterations, tune_steps=run.tune.steps)
+    if run.tune.steps:
+        settings.update(tune=dataclasses.asdict(run.tune))
     if run.refine.steps:
         settings.update(refine_lr=run.refine.lr, refine_l2=run.refine.l2,
                         refine_lpips=0.0 if not run.evaluate.lpips else run.refine.lpips)
@@ -350,7 +400,7 @@ def build_report(mode: str, run: EvaluationRun, metric_names: Sequence[str],
                  results: dict[str, Scores]) -> dict:
     """The content of metrics.json (schema in docs/evaluation.md, "Outputs"). The headline ``metrics``,
     ``seconds_per_image`` and ``failed`` are those of the last method (the full inversion)."""
-    names = [*metric_names, "latent_mse"]
+    names = [*metric_names, "latent_mse", "delta_mb"]
     table = summary_table(results, names)
     method, scores = list(results.items())[-1]
     return {"format": FORMAT, "version": FORMAT_VERSION, "mode": mode,
@@ -362,6 +412,7 @@ def build_report(mode: str, run: EvaluationRun, metric_names: Sequence[str],
             "table": table, "table_markdown": markdown_table(table),
             "definitions": {**{m: DEFINITIONS[m] for m in metric_names},
                             "latent_mse": "mean squared error of the W+ codes vs the true ones (synthetic)",
+                            "delta_mb": "size of the tuned image's generator delta in MB (tensor data)",
                             "seconds_per_image": "wall time of encode (+ refine) + decode per image; "
                                                  "excludes image decoding and metrics"},
             "failed": scores.failed}
@@ -416,7 +467,7 @@ def run_evaluation(run: EvaluationRun) -> tuple[dict, dict[str, Scores]]:
     else:
         engine = Engine(load_inference_model(run.checkpoint, device), device, run.infer.precision, run.refine,
                         iterations=run.infer.iterations)
-        engine.lpips = metrics.lpips  # refinement scores with the metric's network (built once)
+        engine.lpips = metrics.lpips  # refinement and tuning score with the metric's network (built once)
         engine.prepare(run.lpips)
         evaluate = evaluate_folder if run.mode == "checkpoint" else evaluate_synthetic
         results = evaluate(engine, metrics, run, rank_metric)

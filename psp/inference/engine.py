@@ -128,8 +128,9 @@ class Engine:
         """x [B, 3, S, S] -> final W+ codes [B, n_styles, 512] float32 on the device: encode, then refine."""
         return self.refine_codes(x, self.encode(x))
 
-    def decode(self, codes: torch.Tensor, resize: bool = True) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, resize: bool = True,
+               generator: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """W+ codes [B, n_styles, 512] -> images [B, 3, S, S] float32 on the device (resize=False:
-        the generator's size); deterministic noise."""
+        the generator's size); deterministic noise. ``generator``: a tuned copy to draw with."""
         with torch.inference_mode(), self.autocast():
-            return self.model.decode(codes.to(self.device), resize=resize).float()
+            return self.model.decode(codes.to(self.device), resize=resize, generator=generator).float()

@@ -136,9 +136,11 @@ class Inversion:
             records[i] = self._record(jobs[i], "failed", reason)
         return writes, [records[i] for i in sorted(records)]
 
-    def previews(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Reconstructions [B,3,H,W] on the CPU (``side_by_side``: input | reconstruction)."""
-        images = self.engine.decode(codes, resize=True)
+    def previews(self, x: torch.Tensor, codes: torch.Tensor,
+                 generator: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """Reconstructions [B,3,H,W] on the CPU (``side_by_side``: input | reconstruction);
+        ``generator``: a tuned copy to draw with."""
+        images = self.engine.decode(codes, resize=True, generator=generator)
         if self.cfg.side_by_side:
             shown = x.float()
             if shown.shape[-2:] != images.shape[-2:]:

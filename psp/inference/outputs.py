@@ -14,7 +14,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from stylegan2.io import CheckpointFormatError, UnsafeCheckpointError, safe_load
 LATENT_FORMAT = "psp-latent"
 LATENT_VERSION = 1
 LATENT_SUFFIXES = (".pt", ".npy")
+# Metadata key of a tuned latent: the generator delta file it renders with (stylegan2.delta),
+# relative to the latent file's folder (or absolute).
+DELTA_KEY = "generator_delta"
 
 
 class LatentFileError(ValueError):
@@ -75,6 +78,16 @@ def load_latent(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
         raise LatentFileError(f"{path}: expected float W+ codes [n_styles, 512], got "
                               f"{data.dtype} {list(data.shape)}")
     return data.float(), meta
+
+
+def latent_delta(path: Path, meta: dict[str, Any]) -> Optional[Path]:
+    """The generator delta file the latent at ``path`` names in ``meta``, or None (not tuned)."""
+    named = meta.get(DELTA_KEY)
+    if named is None:
+        return None
+    if not isinstance(named, str) or not named:
+        raise LatentFileError(f"{path}: '{DELTA_KEY}' is {named!r}, expected the path of a delta file")
+    return Path(path).parent / named
 
 
 def save_png(path: Path, image: torch.Tensor) -> None:

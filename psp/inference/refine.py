@@ -105,7 +105,7 @@ def refine(model, images: Tensor, codes: Tensor, steps: int, lr: float = 0.01,
             # The last pass only scores the final update: no graph needed.
             with torch.set_grad_enabled(step < steps):
                 image = reconstruct(generator, codes, size, noise)
-                loss = _objective(image, target, l2_weight, lpips_weight, lpips)
+                loss = image_loss(image, target, l2_weight, lpips_weight, lpips)
             history.append(loss.detach())
             better = loss.detach() < best_loss
             best_loss = torch.where(better, loss.detach(), best_loss)
@@ -148,9 +148,11 @@ def _check_inputs(images: Tensor, codes: Tensor, steps: int) -> None:
         raise ValueError(f"refine: steps must be an integer >= 0, got {steps!r}")
 
 
-def _objective(y_hat: Tensor, y: Tensor, l2_weight: float, lpips_weight: float,
+def image_loss(y_hat: Tensor, y: Tensor, l2_weight: float, lpips_weight: float,
                lpips: Optional[Callable[[Tensor, Tensor], Tensor]]) -> Tensor:
-    """Per-image loss [B] (sum, not mean, over the batch is taken by the caller)."""
+    """Per-image loss [B] of images [B, 3, H, W] in [-1, 1]: ``l2_weight * MSE + lpips_weight * LPIPS``
+    (``lpips`` as in :func:`refine`; unused when ``lpips_weight`` is 0). Refinement and pivotal
+    tuning (``psp.tuning``) share it. The batch reduction is the caller's."""
     loss = l2_weight * (y_hat - y).pow(2).flatten(1).mean(1)
     if lpips_weight > 0:
         loss = loss + lpips_weight * _lpips_per_image(lpips, y_hat, y)

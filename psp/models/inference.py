@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -75,12 +75,14 @@ class InferenceModel(FamilyEncoding):
         self.w_avg = self.w_avg.to(device)
         return self
 
-    def decode(self, codes: torch.Tensor, resize: bool = True) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, resize: bool = True,
+               generator: Optional[torch.nn.Module] = None) -> torch.Tensor:
         """W+ codes [B, n_styles, style_dim] -> images [B, 3, S, S] (resize=False: the generator's size).
 
-        Deterministic: the generator's stored noise maps (randomize_noise=False).
+        Deterministic: the generator's stored noise maps (randomize_noise=False). ``generator``:
+        another generator of the same shape to draw with (a tuned copy, ``stylegan2.delta``).
         """
-        images, _ = self.generator([codes], input_is_latent=True, randomize_noise=False)
+        images, _ = (generator or self.generator)([codes], input_is_latent=True, randomize_noise=False)
         return resize_generated(images, self.input_size) if resize else images
 
     def __reduce__(self):

@@ -40,6 +40,7 @@ from psp.models.released import released_opts, released_spec
 from psp.models.nets.pyramid import GradualStyleEncoder
 from psp.models.nets.resnet import ResNet
 from stylegan2 import Generator, load_generator, safe_load, sha256_file
+from stylegan2.delta import GeneratorDelta, apply_delta, load_delta
 from stylegan2.loader import build_generator, infer_generator_config
 
 FORMAT = "psp-toolkit/inference"
@@ -183,13 +184,21 @@ class PSP(FamilyEncoding, nn.Module):
     # ------------------------------------------------------------------ inference
     # encode(x, iterations=None), encode_iterations, encode_step, average_image: FamilyEncoding.
 
-    def decode(self, codes: torch.Tensor, resize: bool = True) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, resize: bool = True,
+               delta: Union[None, PathLike, GeneratorDelta] = None) -> torch.Tensor:
         """W+ codes [B, n_styles, style_dim] -> images [B, 3, S, S] (resize=False: [B, 3, G.size, G.size]).
 
         Deterministic: the generator's stored noise maps are used (randomize_noise=False). The
-        resize is an adaptive average pool, as pSp's face_pool.
+        resize is an adaptive average pool, as pSp's face_pool. ``delta``: a generator delta (or
+        its file, ``infer.py --tune-generator``) to draw with the tuned generator; the model's own
+        generator is not changed (for many calls, build the tuned copy once with
+        ``stylegan2.delta.apply_delta``).
         """
-        images, _ = self.generator([codes], input_is_latent=True, randomize_noise=False)
+        generator = self.generator
+        if delta is not None:
+            loaded = delta if isinstance(delta, GeneratorDelta) else load_delta(delta)
+            generator = apply_delta(self.generator, loaded, source=str(delta) if loaded is not delta else "delta")
+        images, _ = generator([codes], input_is_latent=True, randomize_noise=False)
         return resize_generated(images, self.input_size) if resize else images
 
     def forward(self, x: torch.Tensor, resize: bool = True, return_latents: bool = False):
