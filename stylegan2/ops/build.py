@@ -65,13 +65,18 @@ def build_key(files: Optional[Iterable[Path]] = None) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def build_dir() -> Path:
-    """Where the extension for the current sources and environment is (or will be) built."""
+def extensions_root() -> Path:
+    """``$TORCH_EXTENSIONS_DIR``, or torch's default (``~/.cache/torch_extensions``)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if not root:
         from torch.utils.cpp_extension import get_default_build_root
         root = get_default_build_root()
-    return Path(root) / f"stylegan2_ops_{build_key()}"
+    return Path(root)
+
+
+def build_dir() -> Path:
+    """Where the extension for the current sources and environment is (or will be) built."""
+    return extensions_root() / f"stylegan2_ops_{build_key()}"
 
 
 def status() -> dict:
