@@ -128,14 +128,15 @@ def test_bias_act_empty_batch(on_kernels, act):
 @pytest.mark.parametrize("dtype,clamp", [(torch.float16, 0.9), (torch.float16, 0.8),
                                          (torch.bfloat16, 0.9), (torch.float16, 0.5)])
 def test_bias_act_clamp_mask_is_exact(on_kernels, dtype, clamp):
-    """Elements the forward clamped get no gradient, every other one does; also for values that
-    round onto the clamp in storage."""
-    x = torch.linspace(-3 * clamp, 3 * clamp, 4001, dtype=torch.float64).to(dtype).reshape(1, -1)
+    """Elements at or beyond the clamp get no gradient (as torch.clamp's), every other one does;
+    also for values that round onto the clamp in storage."""
+    x = torch.linspace(-3 * clamp, 3 * clamp, 4001, dtype=torch.float64).to(dtype)
+    x = torch.cat([x, torch.tensor([clamp, -clamp]).to(dtype)]).reshape(1, -1)
     x.requires_grad_(True)
     y = bias_act(x, None, act="linear", clamp=clamp, impl="cuda")
     (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
     z = x.detach().float()
-    clamped = (z > clamp) | (z < -clamp)
+    clamped = (z >= clamp) | (z <= -clamp)
     assert torch.equal(dx == 0, clamped), int(((dx == 0) != clamped).sum())
     assert torch.equal(y, z.clamp(-clamp, clamp).to(dtype))
 
@@ -266,5 +267,5 @@ def test_upfirdn2d_filter_over_tap_limit(on_kernels):
     torch.testing.assert_close(upfirdn2d(x, f, impl="auto"), upfirdn2d(x, f, impl="ref"))
     from stylegan2.ops.upfirdn2d import MAX_FILTER_TAPS
     assert MAX_FILTER_TAPS == on_kernels.upfirdn2d_max_taps()
-    with pytest.raises(RuntimeError, match=rf"{side * side} taps .* {MAX_FILTER_TAPS}"):
+    with pytest.raises(RuntimeError, match=rf"{side * side} taps.* {MAX_FILTER_TAPS}"):
         upfirdn2d(x, f, impl="cuda")

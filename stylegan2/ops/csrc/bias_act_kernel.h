@@ -110,17 +110,20 @@ __global__ void bias_act_kernel(const scalar_t* __restrict__ x, const scalar_t* 
       out[i] = scalar_t(y);
       continue;
     }
-    T y;  // the output, for the clamp mask (taken as is from ref: y / gain * gain may round)
+    // With a clamp, ref is x (the host checks it): y is recomputed in float exactly as the
+    // forward computed it before rounding, so the mask passes exactly the elements the forward
+    // left unclamped (as torch.clamp's gradient: -clamp < y < clamp). The stored output would
+    // not do: in fp16/bf16 a clamped 0.9 is stored as 0.8999 and would pass.
+    T y = T(0);
     if (!ref) {  // linear without clamp: constant derivative
-      y = T(0); d1 = T(1); d2 = T(0);
+      d1 = T(1); d2 = T(0);
     } else if (ref_is_x) {
       from_z(act, T(ref[i]) + bias, alpha, a, d1, d2);
       y = a * gain;
     } else {
-      y = T(ref[i]);
-      from_a(act, gain != T(0) ? y / gain : T(0), alpha, d1, d2);
+      from_a(act, gain != T(0) ? T(ref[i]) / gain : T(0), alpha, d1, d2);
     }
-    const bool pass = clamp < T(0) || (y < clamp && y > -clamp);
+    const bool pass = clamp < T(0) || (y > -clamp && y < clamp);
     T d = mode == 1 ? d1 : d2 * T(dy[i]);
     out[i] = scalar_t(pass ? v * gain * d : T(0));
   }
@@ -156,12 +159,8 @@ at::Tensor bias_act_run(at::Tensor x, at::Tensor b, at::Tensor ref, at::Tensor d
   TORCH_CHECK(act >= 0 && act < kNumActs, "bias_act: act index out of range: ", act);
   TORCH_CHECK(!(act == kSwish && mode > 0 && !ref_is_x),
               "bias_act: swish derivatives need ref = x (ref_is_x=True)");
-  check_optional(ref, x, "ref");
-  check_optional(dy, x, "dy");
-  TORCH_CHECK(mode == 0 || ref.numel() > 0 || (act == kLinear && clamp < 0),
-              "bias_act: mode ", mode, " needs ref for this activation/clamp");
-  TORCH_CHECK(mode != 2 || dy.numel() > 0, "bias_act: mode 2 needs dy");
-  TORCH_CHECK(!(mode > 0 && ref_is_x && ref.numel() == 0), "bias_act: ref_is_x needs ref");
+  TORCH_CHECK(!(mode > 0 && clamp >= 0 && !ref_is_x),
+              "bias_act: derivatives with a clamp need ref = x (ref_is_x=True)");
   if (b.numel() > 0) {
     TORCH_CHECK(dim >= 0 && dim < x.dim(), "bias_act: dim out of range for x of rank ", x.dim(),
                 ": ", dim);
@@ -170,6 +169,14 @@ at::Tensor bias_act_run(at::Tensor x, at::Tensor b, at::Tensor ref, at::Tensor d
     TORCH_CHECK(b.scalar_type() == x.scalar_type(), "bias_act: b must have x's dtype");
     TORCH_CHECK(b.device() == x.device(), "bias_act: b must be on x's device");
   }
+  // An empty x needs no ref: autograd saves empty tensors for an empty batch.
+  if (x.numel() == 0) return at::empty_like(x);
+  check_optional(ref, x, "ref");
+  check_optional(dy, x, "dy");
+  TORCH_CHECK(mode == 0 || ref.numel() > 0 || (act == kLinear && clamp < 0),
+              "bias_act: mode ", mode, " needs ref for this activation/clamp");
+  TORCH_CHECK(mode != 2 || dy.numel() > 0, "bias_act: mode 2 needs dy");
+  TORCH_CHECK(!(mode > 0 && ref_is_x && ref.numel() == 0), "bias_act: ref_is_x needs ref");
   const typename Backend::Guard guard(x);
 
   if (!x.is_non_overlapping_and_dense()) x = x.contiguous();
@@ -178,7 +185,6 @@ at::Tensor bias_act_run(at::Tensor x, at::Tensor b, at::Tensor ref, at::Tensor d
   b = b.contiguous();
   at::Tensor out = at::empty_like(x);
   const int64_t n = x.numel();
-  if (n == 0) return out;
 
   const LaunchShape shape = Backend::shape();
   const int64_t blocks = grid_blocks(n, shape);

@@ -26,9 +26,12 @@ inline int64_t grid_blocks(int64_t n, LaunchShape shape) {
   return std::min<int64_t>((n + shape.threads - 1) / shape.threads, shape.max_blocks);
 }
 
-// Whether a grid-stride loop over n elements with blocks x threads threads may count in int32.
+// Whether a grid-stride loop over n >= 1 elements with blocks x threads threads may count in
+// int32. The counter steps by blocks * threads and is last formed, before the `i < n` test ends
+// the loop, as at most (n - 1) + blocks * threads: that must not pass INT32_MAX (a wrapped,
+// negative counter would pass the test).
 inline bool grid_stride_fits_int32(int64_t n, int64_t blocks, int64_t threads) {
-  return n <= std::numeric_limits<int32_t>::max();
+  return n - 1 + blocks * threads <= std::numeric_limits<int32_t>::max();
 }
 
 }  // namespace stylegan2_ops

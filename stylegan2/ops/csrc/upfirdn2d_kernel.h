@@ -100,7 +100,8 @@ __global__ void upfirdn2d_kernel(const scalar_t* __restrict__ x,
 // included), input offsets (at most x's extent) and positions along the upsampled, padded axes.
 inline bool indices_fit_int32(int64_t x_extent, int64_t total, int64_t axis_extent,
                               int64_t blocks, int64_t threads) {
-  return std::max({x_extent, total, axis_extent}) < std::numeric_limits<int32_t>::max();
+  return std::max({x_extent, total, axis_extent}) < std::numeric_limits<int32_t>::max() &&
+         grid_stride_fits_int32(total, blocks, threads);
 }
 
 template <typename Backend, typename scalar_t, typename index_t>
