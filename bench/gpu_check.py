@@ -197,13 +197,13 @@ def gpu_stages(tmp: Path) -> list[Stage]:
         return {"fp32": fp32, "bf16_mixed": bf16}
 
     return [
-        Stage("build", build, 180),
-        Stage("test_cuda", test_cuda, 200),
+        Stage("build", build, 150),
+        Stage("test_cuda", test_cuda, 220),
         Stage("ops", lambda limit: bench_ops(device, ["cuda", "ref"], [torch.float32, torch.bfloat16]), 40),
         Stage("inversion", lambda limit: json_command(
             [py, "bench/bench_inversion.py", "--device", "cuda", "--batch-sizes", "8", "--precisions", "fp32",
              "bf16", "--repeats", "3", "--out", str(inversion_json)], inversion_json, limit), 90),
-        Stage("train", train, 150),
+        Stage("train", train, 120),
     ]
 
 
