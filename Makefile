@@ -30,3 +30,9 @@ bench:
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# On a machine with a GPU: build the ops, run test-cuda and the GPU benchmarks (< 8 min on one H100);
+# writes bench/results/gpu_check.json and .md, partial if interrupted.
+.PHONY: gpu-check
+gpu-check:
+	$(BIN)/python bench/gpu_check.py

@@ -203,13 +203,14 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, tor
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("clamp", [None, 0.9])
 def test_cuda_matches_ref(dtype, act, layout, clamp):
-    x = torch.randn(3, 6, 5, 7, device="cuda", dtype=torch.float64) * 2
+    x = (torch.randn(3, 6, 5, 14, device="cuda", dtype=torch.float64) * 2).to(dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
-        x = x[:, :, :, ::2]
+        x = x[:, :, :, ::2]  # strided in every dtype: sliced after the conversion
+        assert not x.is_contiguous()
     b = torch.randn(6, device="cuda", dtype=torch.float64)
-    x_d, b_d = x.to(dtype).requires_grad_(True), b.to(dtype).requires_grad_(True)
+    x_d, b_d = x.requires_grad_(True), b.to(dtype).requires_grad_(True)
     x_r, b_r = x_d.detach().double().requires_grad_(True), b_d.detach().double().requires_grad_(True)
     y = bias_act(x_d, b_d, act=act, clamp=clamp, impl="cuda")
     y_r = bias_act(x_r, b_r, act=act, clamp=clamp, impl="ref")

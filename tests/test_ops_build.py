@@ -193,3 +193,76 @@ def test_real_build(tmp_path):
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.glob("stylegan2_ops_*/stylegan2_ops_*.so"))
+
+
+# --- regressions: arch coverage, one library per arch list, the lock on the fast path ---------------
+
+def test_arch_list_not_covering_the_gpu_is_refused(fake_compile, monkeypatch):
+    """TORCH_CUDA_ARCH_LIST=8.0 on an H100: no compile, auto falls back, cuda says the fix."""
+    monkeypatch.setenv(build.ARCH_ENV, "8.0")
+    monkeypatch.setattr(build, "visible_capabilities", lambda: [(9, 0)])
+    with pytest.warns(RuntimeWarning, match="does not cover the visible GPU architecture"):
+        assert impl.use_cuda("bias_act", "auto", FakeCudaTensor()) is False
+    with pytest.raises(RuntimeError, match=r"TORCH_CUDA_ARCH_LIST='8.0' does not cover .* 9\.0.* add them"):
+        impl.use_cuda("bias_act", "cuda", FakeCudaTensor())
+    assert fake_compile == []
+
+
+def test_each_arch_list_gets_its_own_library(fake_compile, monkeypatch):
+    """Nodes with different GPUs sharing one cache (variable unset) do not rebuild each other's."""
+    imported = []
+    monkeypatch.setattr(build, "_import_library", lambda name, path: imported.append(path) or "module")
+
+    def process_with(caps):
+        monkeypatch.setattr(build, "_STATE", build._State())
+        monkeypatch.setattr(build, "visible_capabilities", lambda: caps)
+        build.load_plugin()
+        return build.status()
+
+    a100, h100 = process_with([(8, 0)]), process_with([(9, 0)])
+    assert fake_compile == ["8.0", "9.0"] and a100["build_dir"] != h100["build_dir"]
+    assert (a100["source"], h100["source"]) == ("compiled", "compiled")
+    assert process_with([(8, 0)])["source"] == process_with([(9, 0)])["source"] == "cached"
+    assert len(fake_compile) == 2 and len(imported) == 2
+    for status, arch in [(a100, "8.0"), (h100, "9.0")]:
+        info = json.loads((build.Path(status["build_dir"]) / build.INFO_FILE).read_text())
+        assert info["arch_list"] == arch
+
+
+def test_ahead_of_time_default_build_serves_covered_gpus(fake_compile, monkeypatch):
+    build.build_ahead_of_time(verbose=False)  # no GPU, variable unset: DEFAULT_ARCH_LIST
+    monkeypatch.setattr(build, "_STATE", build._State())
+    monkeypatch.setattr(build, "visible_capabilities", lambda: [(8, 6)])
+    monkeypatch.setattr(build, "_import_library", lambda name, path: "module")
+    assert build.load_plugin() == "module" and build.status()["source"] == "cached"
+    assert fake_compile == [build.DEFAULT_ARCH_LIST]
+
+
+def test_fast_import_waits_for_the_build_lock(fake_compile, monkeypatch):
+    """While another process holds the build's lock file, the cached library is not imported."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    monkeypatch.setattr(build, "visible_capabilities", lambda: [(8, 6)])
+    build.build_ahead_of_time(verbose=False)
+    monkeypatch.setattr(build, "_STATE", build._State())
+    released = threading.Event()
+    events = []
+    monkeypatch.setattr(build, "_import_library",
+                        lambda name, path: events.append(released.is_set()) or "module")
+    holding = threading.Event()
+
+    def other_builder():
+        with FileLock(str(build.build_dir() / "lock")):
+            holding.set()
+            time.sleep(0.5)
+            released.set()
+
+    thread = threading.Thread(target=other_builder)
+    thread.start()
+    holding.wait(5)
+    assert build.load_plugin() == "module"
+    thread.join()
+    assert events == [True] and len(fake_compile) == 1

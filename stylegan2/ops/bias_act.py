@@ -22,7 +22,8 @@ class Activation:
     gain:         default gain applied after the activation.
     cuda_idx:     index of the activation in the kernel's switch.
     grad_from:    "x" when the kernel computes f' from x + b, "y" when from the saved output
-                  (cheaper: y is usually kept alive by the next layer anyway).
+                  (cheaper: y is usually kept alive by the next layer anyway); with a clamp,
+                  always x (the clamp mask is recomputed from x + b).
     has_2nd_grad: f'' is non-zero somewhere, so double backward needs the second-order kernel mode.
     """
 
@@ -149,17 +150,24 @@ def _empty_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def _reduce_to_bias(g: torch.Tensor, dim: int) -> torch.Tensor:
-    return g.sum([i for i in range(g.ndim) if i != dim])
+    """Sum over every axis but `dim` (a 1-D g is the bias gradient itself)."""
+    dims = [i for i in range(g.ndim) if i != dim]
+    return g.sum(dims) if dims else g
+
+
+def _grad_from(p: _Params) -> str:
+    """What the gradient kernels read z from: the table's choice, but x whenever there is a clamp
+    (the clamp mask must be recomputed in float: the stored output is rounded in fp16/bf16)."""
+    return "x" if p.clamp >= 0 else ACTIVATIONS[p.act].grad_from
 
 
 def _kernel(g, b, ref, dy, mode: int, p: _Params) -> torch.Tensor:
-    spec = ACTIVATIONS[p.act]
-    return build.load_plugin().bias_act(g, b, ref, dy, mode, spec.grad_from == "x", p.dim,
-                                        spec.cuda_idx, p.alpha, p.gain, p.clamp)
+    return build.load_plugin().bias_act(g, b, ref, dy, mode, _grad_from(p) == "x", p.dim,
+                                        ACTIVATIONS[p.act].cuda_idx, p.alpha, p.gain, p.clamp)
 
 
 def _grad_ref(x: torch.Tensor, y: torch.Tensor, p: _Params) -> torch.Tensor:
-    return x if ACTIVATIONS[p.act].grad_from == "x" else y
+    return x if _grad_from(p) == "x" else y
 
 
 class _BiasActCuda(torch.autograd.Function):
@@ -170,8 +178,8 @@ class _BiasActCuda(torch.autograd.Function):
         y = _kernel(x, b, empty, empty, 0, p)
         spec = ACTIVATIONS[p.act]
         # Keep only what the gradient kernels read; x also when double backward must reach it.
-        keep_x = spec.grad_from == "x" or spec.has_2nd_grad
-        keep_y = spec.grad_from == "y" and (p.act != "linear" or p.clamp >= 0)
+        keep_x = _grad_from(p) == "x" or spec.has_2nd_grad
+        keep_y = _grad_from(p) == "y" and p.act != "linear"
         ctx.save_for_backward(x if keep_x else empty, b, y if keep_y else empty)
         ctx.p = p
         return y

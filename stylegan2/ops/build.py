@@ -3,12 +3,19 @@
 - Nothing compiles at import: `load_plugin()` builds on the first op call on a CUDA tensor.
 - The build directory is ``<root>/stylegan2_ops_<key>``, where root is ``$TORCH_EXTENSIONS_DIR``
   or torch's default (``~/.cache/torch_extensions``) and key hashes the sources, the Python, torch
-  and CUDA versions and ``$TORCH_CUDA_ARCH_LIST`` as given; changing any of them gives a fresh
-  directory instead of a stale library.
-- ``TORCH_CUDA_ARCH_LIST`` is never overwritten. Only an ahead-of-time build with the variable
-  unset and no GPU visible (a Docker build) sets it, to `DEFAULT_ARCH_LIST`, for its own compile.
+  and CUDA versions and the architecture list the build compiles for (`resolved_arch_list`:
+  ``$TORCH_CUDA_ARCH_LIST`` as given, else the visible GPUs'); changing any of them gives a fresh
+  directory instead of a stale library, and nodes with different GPUs sharing one cache each
+  keep their own library instead of rebuilding each other's.
+- ``TORCH_CUDA_ARCH_LIST`` is never overwritten. Only a build with the variable unset and no GPU
+  visible (a Docker build) sets it, to `DEFAULT_ARCH_LIST`, for its own compile.
 - Each build records the architectures it covers in ``build_info.json``; a later process whose
-  GPUs are covered imports the library directly, without re-running the compiler.
+  GPUs are covered imports the library directly, without re-running the compiler (also the
+  ahead-of-time `DEFAULT_ARCH_LIST` build), holding the lock file torch's build holds
+  (``<build dir>/lock``), so it never imports a library that another process is writing.
+- A ``$TORCH_CUDA_ARCH_LIST`` that does not cover a visible GPU is refused before compiling
+  (its kernels would fail with "no kernel image is available"): ``impl="auto"`` falls back to
+  the reference ops, ``impl="cuda"`` raises with the fix.
 - A failure is remembered: the build is attempted at most once per process.
 """
 import hashlib
@@ -39,6 +46,7 @@ class _State:
 
     plugin: Optional[ModuleType] = None
     error: Optional[RuntimeError] = None
+    source: Optional[str] = None  # "compiled" or "cached" once loaded
 
 
 _STATE = _State()
@@ -58,28 +66,47 @@ def source_hash(files: Optional[Iterable[Path]] = None) -> str:
     return h.hexdigest()
 
 
-def build_key(files: Optional[Iterable[Path]] = None) -> str:
-    """16 hex digits naming a build: sources, Python/torch/CUDA versions and the arch list."""
+def resolved_arch_list() -> str:
+    """The architectures a build in this process compiles for: ``$TORCH_CUDA_ARCH_LIST`` as
+    given, else the visible GPUs' (``"8.0;9.0"``), else `DEFAULT_ARCH_LIST`."""
+    arch_list = os.environ.get(ARCH_ENV)
+    if arch_list is not None:
+        return arch_list
+    return ";".join(f"{major}.{minor}" for major, minor in visible_capabilities()) or DEFAULT_ARCH_LIST
+
+
+def build_key(files: Optional[Iterable[Path]] = None, arch_list: Optional[str] = None) -> str:
+    """16 hex digits naming a build: sources, Python/torch/CUDA versions and the arch list
+    (default `resolved_arch_list()`)."""
     parts = [source_hash(files), f"py{sys.version_info[0]}.{sys.version_info[1]}",
-             torch.__version__, str(torch.version.cuda), os.environ.get(ARCH_ENV, "<unset>")]
+             torch.__version__, str(torch.version.cuda),
+             resolved_arch_list() if arch_list is None else arch_list]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def build_dir() -> Path:
-    """Where the extension for the current sources and environment is (or will be) built."""
+def extensions_root() -> Path:
+    """``$TORCH_EXTENSIONS_DIR``, or torch's default (``~/.cache/torch_extensions``)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if not root:
         from torch.utils.cpp_extension import get_default_build_root
         root = get_default_build_root()
-    return Path(root) / f"stylegan2_ops_{build_key()}"
+    return Path(root)
+
+
+def build_dir(arch_list: Optional[str] = None) -> Path:
+    """Where the extension for the current sources and environment (and `arch_list`, default
+    `resolved_arch_list()`) is or will be built."""
+    return extensions_root() / f"stylegan2_ops_{build_key(arch_list=arch_list)}"
 
 
 def status() -> dict:
-    """``{"state": "not attempted" | "loaded" | "failed", "build_dir": str, "error": str | None}``."""
+    """``{"state": "not attempted" | "loaded" | "failed", "build_dir": str, "error": str | None,
+    "source": "compiled" | "cached" | None}`` (source: how the loaded library got here)."""
     state = _STATE
     return {"state": "loaded" if state.plugin else "failed" if state.error else "not attempted",
             "build_dir": str(build_dir()),
-            "error": None if state.error is None else str(state.error)}
+            "error": None if state.error is None else str(state.error),
+            "source": state.source if state.plugin else None}
 
 
 def load_plugin() -> ModuleType:
@@ -91,7 +118,7 @@ def load_plugin() -> ModuleType:
         state = _STATE
         if state.plugin is None and state.error is None:
             try:
-                state.plugin = _load(ahead_of_time=False)
+                state.plugin, state.source = _load(ahead_of_time=False)
             except Exception as err:  # compiler, linker and import errors all mean "no kernels"
                 state.error = RuntimeError(f"building the CUDA extension in {build_dir()} failed: "
                                            f"{type(err).__name__}: {err}")
@@ -107,30 +134,50 @@ def build_ahead_of_time(verbose: bool = True) -> Path:
     Used by ``python -m stylegan2.ops build``. Errors propagate.
     """
     with _LOCK:
-        _STATE.plugin = _load(ahead_of_time=True, verbose=verbose)
+        _STATE.plugin, _STATE.source = _load(ahead_of_time=True, verbose=verbose)
         _STATE.error = None
         return Path(_STATE.plugin.__file__)
 
 
-def _load(ahead_of_time: bool, verbose: bool = False) -> ModuleType:
-    out = build_dir()
-    module_name = out.name
-    info = _read_info(out)
+def _load(ahead_of_time: bool, verbose: bool = False) -> Tuple[ModuleType, str]:
+    """(the module, "cached" | "compiled")."""
     caps = visible_capabilities()
-    if not ahead_of_time and info and caps and arch_list_covers(info["arch_list"], caps):
-        library = out / info["library"]
-        if library.is_file():
-            return _import_library(module_name, library)
-    arch_list = os.environ.get(ARCH_ENV)
-    if arch_list is None:
-        arch_list = ";".join(f"{major}.{minor}" for major, minor in caps) or DEFAULT_ARCH_LIST
+    given = os.environ.get(ARCH_ENV)
+    if not ahead_of_time and given is not None and caps and not arch_list_covers(given, caps):
+        missing = [f"{major}.{minor}" for major, minor in caps if not arch_list_covers(given, [(major, minor)])]
+        raise RuntimeError(f"{ARCH_ENV}={given!r} does not cover the visible GPU architecture(s) "
+                           f"{', '.join(missing)} (the kernels would fail with 'no kernel image is "
+                           f"available'); add them to {ARCH_ENV} or unset it")
+    arch_list = resolved_arch_list()
+    out = build_dir(arch_list)
+    if not ahead_of_time and caps:
+        # The ahead-of-time build (no GPU, variable unset: DEFAULT_ARCH_LIST) serves every GPU it covers.
+        candidates = [out] if given is not None or arch_list == DEFAULT_ARCH_LIST else [out, build_dir(DEFAULT_ARCH_LIST)]
+        for candidate in candidates:
+            module = _import_if_covered(candidate, caps)
+            if module is not None:
+                return module, "cached"
     out.mkdir(parents=True, exist_ok=True)
     with _env_default(ARCH_ENV, arch_list):
-        module = _compile(module_name, [str(p) for p in source_files() if p.suffix in (".cpp", ".cu")],
+        module = _compile(out.name, [str(p) for p in source_files() if p.suffix in (".cpp", ".cu")],
                           out, verbose)
     _write_info(out, {"arch_list": arch_list, "library": Path(module.__file__).name,
                       "torch": torch.__version__, "cuda": torch.version.cuda})
-    return module
+    return module, "compiled"
+
+
+def _import_if_covered(out: Path, caps: Sequence[Tuple[int, int]]) -> Optional[ModuleType]:
+    """The library built in `out` if its recorded arch list covers `caps`, else None. Holds the
+    lock file that torch's build holds, so a library being (re)written is never imported."""
+    if not (out / INFO_FILE).is_file():
+        return None
+    from filelock import FileLock
+    with FileLock(str(out / "lock")):
+        info = _read_info(out)
+        if not info or not arch_list_covers(info["arch_list"], caps):
+            return None
+        library = out / info["library"]
+        return _import_library(out.name, library) if library.is_file() else None
 
 
 def first_line(err: BaseException) -> str:

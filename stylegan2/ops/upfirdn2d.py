@@ -14,6 +14,10 @@ from . import build, impl as _impl
 IntPair = Union[int, Sequence[int]]
 Pad = Union[int, Sequence[int]]
 
+# The CUDA kernel holds the filter in shared memory: 48 KiB of doubles (kMaxTaps in
+# csrc/upfirdn2d_kernel.h). Larger filters run on the reference path under impl="auto".
+MAX_FILTER_TAPS = 48 * 1024 // 8
+
 
 class _Params(NamedTuple):
     """Static arguments, normalised: factors per axis and the four pads."""
@@ -98,12 +102,19 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down:
                          f"{x.shape[2]}x{x.shape[3]}, filter {tuple(f.shape)}, up {(upx, upy)}, "
                          f"down {(downx, downy)}, pad {tuple(p[4:8])}")
     if _impl.use_cuda("upfirdn2d", impl, x):
-        if not (f.requires_grad and torch.is_grad_enabled()):
+        forced = (impl or _impl.get_default_impl()) == "cuda"
+        if f.numel() > MAX_FILTER_TAPS:
+            if forced:
+                raise RuntimeError(f"upfirdn2d: a {f.shape[0]}x{f.shape[1]} filter has {f.numel()} taps, "
+                                   f"over the CUDA kernel's limit of {MAX_FILTER_TAPS}; use impl='ref' "
+                                   "or impl='auto'")
+        elif not (f.requires_grad and torch.is_grad_enabled()):
+            # f keeps its own dtype: the kernel converts it to its accumulation type (float for
+            # fp16/bf16 x), so an fp32 filter is never rounded to x's dtype first.
             return _Upfirdn2dCuda.apply(x, f, p)
-        # The kernel treats f as a constant; a trainable filter needs the reference path.
-        if (impl or _impl.get_default_impl()) == "cuda":
+        elif forced:  # the kernel treats f as a constant; a trainable filter needs the reference path
             raise RuntimeError("upfirdn2d: impl='cuda' does not differentiate w.r.t. f; use impl='ref'")
-    return _upfirdn2d_ref(x, f, p)
+    return _upfirdn2d_ref(x, f.to(dtype=x.dtype), p)
 
 
 def _describe(v) -> str:
@@ -113,6 +124,7 @@ def _describe(v) -> str:
 
 
 def _check_filter(f, x: torch.Tensor) -> torch.Tensor:
+    """f on x's device, in its own dtype (None: the identity filter ``[[1]]`` in x's dtype)."""
     if f is None:
         return torch.ones(1, 1, dtype=x.dtype, device=x.device)
     if not isinstance(f, torch.Tensor) or not f.is_floating_point():
@@ -121,7 +133,7 @@ def _check_filter(f, x: torch.Tensor) -> torch.Tensor:
     if f.ndim != 2 or f.numel() == 0:
         raise ValueError(f"upfirdn2d: f must be a non-empty 2-D filter [fh, fw], got shape "
                          f"{tuple(f.shape)} (setup_filter() turns 1-D taps into one)")
-    return f.to(device=x.device, dtype=x.dtype)
+    return f.to(device=x.device)
 
 
 def _parse_factor(name: str, v: IntPair) -> Tuple[int, int]:
