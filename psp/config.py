@@ -168,6 +168,8 @@ class InferConfig:
     save_images: bool = _f(False, "also write reconstructions")
     side_by_side: bool = _f(False, "reconstructions as input | output pairs")
     align: bool = _f(False, "FFHQ-style face alignment before encoding")
+    compile: bool = _f(False, "torch.compile the encoder and generator (the first batches pay the compile time)")
+    shard_timeout: float = _f(120.0, "seconds a rank may go without a heartbeat before rank 0 stops waiting for it")
 
 
 @dataclass
@@ -569,7 +571,7 @@ def _check_loss(loss: LossConfig) -> None:
 
 
 def _check_infer(i: InferConfig) -> None:
-    _positive(i, "infer", "batch_size")
+    _positive(i, "infer", "batch_size", "shard_timeout")
     _non_negative(i, "infer", "num_workers")
 
 

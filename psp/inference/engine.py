@@ -74,7 +74,9 @@ class Engine:
     """Encode, refine and decode with one model on one device at one precision.
 
     ``refine``: the refinement settings (``refine.steps = 0``: off). ``lpips``: the distance the
-    refinement uses (built by :meth:`prepare` when ``refine.lpips > 0``, or given).
+    refinement uses (built by :meth:`prepare` when ``refine.lpips > 0``, or given). ``compile``:
+    ``torch.compile`` the encoder and generator in place (``infer.compile``): the first batch of each
+    shape compiles (tens of seconds to minutes), later ones run the compiled kernels.
     """
 
     model: InferenceModel
@@ -82,9 +84,14 @@ class Engine:
     precision: str = "fp32"
     refine: RefineConfig = field(default_factory=RefineConfig)
     lpips: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.autocast = autocast_for(self.device, self.precision)
+        if self.compile:
+            # In place (Module.compile): parameter names, and so the generator's fingerprint, stay.
+            self.model.encoder.compile(dynamic=False)
+            self.model.generator.compile(dynamic=False)
 
     def prepare(self, lpips_cfg: LPIPSConfig) -> "Engine":
         """Build the refinement's LPIPS now (when refinement uses it), so a missing backbone file is
