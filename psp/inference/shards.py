@@ -366,9 +366,8 @@ def merge_command(out: Path) -> int:
     inputs failed or a part is still being written."""
     if not (out / PARTS_DIR).is_dir() and not (out / Manifest.NAME).is_file():
         raise InputError(f"'{out}' holds no {Manifest.NAME} and no {PARTS_DIR}/; give the --out folder of a run")
+    # Markers stay: the shard that completes the run needs them to know it did (and tidies up).
     result = merge_parts(out)
-    if not result.running:
-        remove_coordination_files(out)
     status = latest_status(history(out))
     ok = sum(s in ("ok", "skipped") for s in status.values())
     failed = sum(s == "failed" for s in status.values())
