@@ -145,7 +145,7 @@ def invert(argv: Sequence[str]) -> int:
     run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet, profile=args.profile)
     run.prepare(config.lpips)
     if shard.count > 1:
-        code = _until_io_error(lambda: run_shard(run, jobs, shard, done, fingerprint, cfg.shard_timeout),
+        code = _until_io_error(lambda: run_shard(run, jobs, shard, done, fingerprint),
                                "rerun with --resume to continue")
     else:
         summary = _until_io_error(lambda: run.run(jobs, done), "rerun with --resume to continue")

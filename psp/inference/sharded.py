@@ -20,15 +20,14 @@ INCOMPLETE = 3
 SHOWN_MISSING = 5  # missing inputs named in the message; the count says how many in all
 
 
-def run_shard(run: Inversion, jobs: list[Job], shard: Shard, done: set[str], fingerprint: str,
-              timeout: float) -> int:
+def run_shard(run: Inversion, jobs: list[Job], shard: Shard, done: set[str], fingerprint: str) -> int:
     """Invert ``shard``'s share of ``jobs`` (the full, ordered job list, whose
     :func:`~psp.inference.shards.jobs_fingerprint` is ``fingerprint``) into ``run.out``, skipping
     ``done`` (:func:`~psp.inference.jobs.finished_outputs` of this shard); the exit code.
 
-    ``timeout``: seconds without a heartbeat after which a waiting rank 0 gives up on a rank.
+    A waiting rank 0 gives up on a rank whose heartbeat has not changed for ``infer.shard_timeout`` s.
     """
-    files = ShardFiles(run.out, shard)
+    files, timeout = ShardFiles(run.out, shard), run.cfg.shard_timeout
     files.clear_done()
     run.manifest_name = files.part_name
     run.header_extra = {"shard": {"index": shard.index, "count": shard.count, "inputs_total": len(jobs),
