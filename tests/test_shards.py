@@ -48,7 +48,8 @@ def test_shard_flag_and_its_combination_with_ranks():
     assert current_shard(None, {"RANK": "1", "WORLD_SIZE": "2"}) == Shard(1, 2, launched=True)
     # Array task 1 of 3, each with 4 ranks: global shard 1 * 4 + 2 of 12; array shards never wait.
     combined = current_shard("1/3", {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2"})
-    assert combined == Shard(6, 12, local_rank=2, launched=False) and not combined.waits_for_others
+    assert combined == Shard(6, 12, local_rank=2, launched=True, array=True) and not combined.waits_for_others
+    assert current_shard("1/3", {}) == Shard(1, 3, array=True)
     assert Shard(0, 2, launched=True).waits_for_others and not Shard(1, 2, launched=True).waits_for_others
 
 

@@ -44,7 +44,7 @@ def run_shard(run: Inversion, jobs: list[Job], shard: Shard, done: set[str], fin
     if shard.waits_for_others:
         markers, stopped = wait_for_shards(files, fingerprint, timeout)
         merge_parts(run.out)
-    elif shard.launched:
+    elif not shard.array:
         return own_status  # rank 0 of the launch reports the whole run
     else:
         markers, stopped = files.finished_shards(fingerprint), []

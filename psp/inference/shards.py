@@ -51,14 +51,16 @@ T = TypeVar("T")
 class Shard:
     """This process's share of a run: jobs ``index, index + count, ...`` of the full job list.
 
-    ``launched``: the ranks came from a launcher's environment (torchrun or srun), whose processes
-    run together, so rank 0 waits for the others; ``local_rank`` picks the GPU of the node.
+    ``launched``: ranks came from a launcher's environment (torchrun or srun), and ``local_rank``
+    picks the GPU of the node. ``array``: ``--shard`` was given, so the shards need not run at the
+    same time and nobody waits; otherwise a launch's processes run together and rank 0 waits.
     """
 
     index: int = 0
     count: int = 1
     local_rank: int = 0
     launched: bool = False
+    array: bool = False
 
     @property
     def name(self) -> str:
@@ -66,7 +68,7 @@ class Shard:
 
     @property
     def waits_for_others(self) -> bool:
-        return self.launched and self.index == 0 and self.count > 1
+        return self.launched and not self.array and self.index == 0
 
     def select(self, jobs: Sequence[T]) -> list[T]:
         """This shard's jobs, in input order (strided, so every shard gets a mix of the folders)."""
@@ -118,7 +120,7 @@ def current_shard(shard_flag: Optional[str], environ: Mapping[str, str] = os.env
     if shard_flag is None:
         return Shard(rank, world, local, launched=world > 1)
     index, count = parse_shard(shard_flag)
-    return Shard(index * world + rank, count * world, local, launched=False)
+    return Shard(index * world + rank, count * world, local, launched=world > 1, array=True)
 
 
 def device_for(name: str, shard: Shard) -> str:
