@@ -4,7 +4,8 @@ Settings come from the config sections the command reads (``infer``, ``refine``,
 render: ``infer``, ``ops``): defaults <- ``--config`` files <- ``key=value`` overrides <- flags (a
 flag given on the command line always wins). The model's own config comes
 from the checkpoint. Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage/config error
-(reported before any file is written), 130 interrupted.
+(reported before any file is written), 3 a sharded run is incomplete (``psp.inference.sharded``),
+130 interrupted.
 """
 from __future__ import annotations
 
