@@ -176,6 +176,8 @@ class InferConfig:
     align: bool = _f(False, "FFHQ-style face alignment before encoding")
     iterations: Optional[int] = _f(None, "ReStyle models: encoder passes per image (null: the model's "
                                          "model.iterations, 5 for the released files); others: null or 1")
+    compile: bool = _f(False, "torch.compile the encoder and generator (the first batches pay the compile time)")
+    shard_timeout: float = _f(120.0, "seconds a rank may go without a heartbeat before rank 0 stops waiting for it")
 
 
 @dataclass
@@ -604,7 +606,7 @@ def _check_loss(loss: LossConfig) -> None:
 
 
 def _check_infer(i: InferConfig) -> None:
-    _positive(i, "infer", "batch_size")
+    _positive(i, "infer", "batch_size", "shard_timeout")
     _non_negative(i, "infer", "num_workers")
     _require(i.iterations is None or i.iterations >= 1, "infer.iterations",
              f"must be >= 1 or null, got {i.iterations}")

@@ -240,3 +240,22 @@ def test_torchrun_script_needs_a_gpu_or_an_explicit_count(tmp_path):
     done = _run([TORCHRUN, "ffhq"], tmp_path / "bin", TORCHRUN="torchrun", PYTHON="gpu-count")
     assert done.returncode == 2
     assert "no CUDA device visible; set NPROC_PER_NODE" in done.stderr
+
+
+INFER_SBATCH = ROOT / "scripts" / "slurm" / "infer.sbatch"
+
+
+def test_infer_sbatch_runs_one_step_or_one_array_shard(tmp_path):
+    assert subprocess.run(["bash", "-n", INFER_SBATCH], capture_output=True).returncode == 0
+    _fake(tmp_path / "bin", "srun")
+    args = ["/data/faces", "--out", "runs/latents"]
+    done = _run(["bash", INFER_SBATCH, *args], tmp_path / "bin", cwd=tmp_path, SLURM_SUBMIT_DIR=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # No --kill-on-bad-exit: the other tasks finish when one dies; --resume makes requeues continue.
+    assert done.stdout.splitlines() == ["srun", "python", "infer.py", *args, "--resume", "--quiet"]
+    done = _run(["bash", INFER_SBATCH, *args], tmp_path / "bin", cwd=tmp_path, SLURM_SUBMIT_DIR=tmp_path,
+                SLURM_ARRAY_TASK_ID="7", SLURM_ARRAY_TASK_MIN="4", SLURM_ARRAY_TASK_COUNT="8")
+    assert done.stdout.splitlines() == ["srun", "python", "infer.py", *args, "--shard", "3/8", "--resume",
+                                        "--quiet"]
+    done = _run(["bash", INFER_SBATCH], tmp_path / "bin", cwd=tmp_path, SLURM_SUBMIT_DIR=tmp_path)
+    assert done.returncode == 2 and "give the inputs" in done.stderr

@@ -309,6 +309,24 @@ def test_tune_per_folder_shares_one_delta_per_folder(checkpoint, tmp_path):
     assert {r["status"] for r in last} == {"skipped"}
 
 
+def test_array_shards_keep_a_folder_on_one_shard_when_tuning_per_folder(checkpoint, tmp_path):
+    # A strided split would give each shard half of each folder, and both would write the folder's delta.
+    photos = tmp_path / "photos"
+    for k, folder in enumerate(("a", "b")):
+        for i in range(2):
+            _photo(photos / folder / f"{i}.png", seed=10 * k + i)
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        assert _infer(photos, "--out", out, "--checkpoint", checkpoint, "--tune-generator", 2, "--tune-per",
+                      "folder", "--shard", shard, *TUNE_FAST) == 0
+    for folder in ("a", "b"):
+        delta = load_delta(out / folder / "tuned-generator.delta")
+        assert sorted(Path(p).name for p in delta.meta["images"]) == ["0.png", "1.png"]
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["output"] for r in records if r.get("status") == "ok") == [
+        "a/0.pt", "a/1.pt", "b/0.pt", "b/1.pt"]
+
+
 def test_missing_lpips_weights_stop_tuning_before_any_work(checkpoint, tmp_path, monkeypatch, capsys):
     def offline(url, dst, **kwargs):
         raise OSError("network unreachable")

@@ -4,7 +4,8 @@ Settings come from the config sections the command reads (``infer``, ``refine``,
 render: ``infer``, ``ops``): defaults <- ``--config`` files <- ``key=value`` overrides <- flags (a
 flag given on the command line always wins). The model's own config comes
 from the checkpoint. Exit codes: 0 all inputs succeeded, 1 some failed, 2 usage/config error
-(reported before any file is written), 130 interrupted.
+(reported before any file is written), 3 a sharded run is incomplete (``psp.inference.sharded``),
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 from psp.cli.common import Parser, apply_ops, report_user_errors
 from psp.config import Config, check_paths, load_config, to_yaml, validate
 from psp.errors import InputError
 from psp.inference.engine import Engine, load_inference_model, resolve_device
-from psp.inference.invert import Inversion
-from psp.inference.jobs import Summary, check_output_folder, collect_jobs, finished_outputs
+from psp.inference.invert import WRITER_THREADS, Inversion
+from psp.inference.jobs import check_output_folder, collect_jobs, finished_outputs
 from psp.inference.outputs import Manifest
+from psp.inference.sharded import run_shard
+from psp.inference.shards import current_shard, device_for, jobs_fingerprint, merge_command, merge_parts
 from stylegan2.io import sha256_file
 
 # A positional argument such as ``infer.batch_size=8`` is a config override, not an input path.
@@ -31,14 +34,16 @@ FLAG_KEYS = {"checkpoint": ("infer", "checkpoint"), "format": ("infer", "format"
              "batch_size": ("infer", "batch_size"), "device": ("infer", "device"),
              "precision": ("infer", "precision"), "save_images": ("infer", "save_images"),
              "side_by_side": ("infer", "side_by_side"), "refine_steps": ("refine", "steps"),
-             "align": ("infer", "align"), "workers": ("infer", "num_workers"),
+             "align": ("infer", "align"), "workers": ("infer", "num_workers"), "compile": ("infer", "compile"),
              "iterations": ("infer", "iterations"), "tune_generator": ("tune", "steps"),
              "tune_per": ("tune", "per")}
 
 EPILOG = """\
 inputs: image files, folders (searched recursively) and @LIST text files (one path per line,
 '#' comments, paths relative to the list file). Outputs mirror the inputs' paths under --out.
-Exit codes: 0 all succeeded, 1 some inputs failed (see manifest.jsonl), 2 usage or config error.
+Exit codes: 0 all succeeded, 1 some inputs failed (see manifest.jsonl), 2 usage or config error,
+3 a sharded run is incomplete (a rank stopped early; rerun with --resume).
+Many processes: torchrun/srun ranks are read from the environment; --shard I/N for array jobs.
 Render saved latents: infer.py render LATENTS... --out DIR [--checkpoint PATH]
 """
 
@@ -77,6 +82,14 @@ def invert_parser() -> argparse.ArgumentParser:
     parser.add_argument("--align", action="store_const", const=True,
                         help="FFHQ-style face alignment first (infer.align)")
     parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
+    parser.add_argument("--compile", action="store_const", const=True,
+                        help="torch.compile the model; the first batches compile (infer.compile)")
+    parser.add_argument("--shard", metavar="I/N", help="invert only shard I of N (array jobs; torchrun/srun "
+                        "ranks come from the environment)")
+    parser.add_argument("--merge", type=Path, metavar="DIR",
+                        help="merge the manifest parts of a sharded run in DIR into DIR/manifest.jsonl, and exit")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the time and images/s of each stage (load, encode, decode, write)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -121,32 +134,48 @@ def invert(argv: Sequence[str]) -> int:
     if args.print_config:
         print(to_yaml(config, "infer"), end="")
         return 0
+    if args.merge is not None:
+        return merge_command(args.merge)
     _require_inputs_and_out(parser, args)
     check_paths(config, "infer")
     cfg = config.infer
+    shard = current_shard(args.shard)
     jobs, folders = collect_jobs(args.inputs)
     check_output_folder(args.out, folders)
-    device = resolve_device(cfg.device)
+    device = resolve_device(device_for(cfg.device, shard))
     checkpoint = Path(cfg.checkpoint)
     engine = Engine(load_inference_model(checkpoint, device), device, cfg.precision, config.refine,
-                    iterations=cfg.iterations)
+                    iterations=cfg.iterations, compile=cfg.compile)
     sha256 = sha256_file(checkpoint)
-    done = finished_outputs(args.out, args.resume, sha256)
+    if args.resume and shard.count == 1:
+        merge_parts(args.out)  # what an earlier sharded run left, so this run's lines come after it
+    fingerprint = jobs_fingerprint([job.stem for job in jobs])
+    done = finished_outputs(args.out, args.resume, sha256, shard, fingerprint)
     if config.tune.steps > 0:
         from psp.tuning.inversion import TunedInversion
 
-        run = TunedInversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet, tune=config.tune)
+        run = TunedInversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet, profile=args.profile,
+                             tune=config.tune)
     else:
-        run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet)
+        run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet, profile=args.profile)
     run.prepare(config.lpips)
-    summary = _until_io_error(lambda: run.run(jobs, done), "rerun with --resume to continue")
-    if summary is None:
-        return 1
-    print(f"{summary.line('inverted')}; manifest: {args.out / Manifest.NAME}", file=sys.stderr)
-    return 0 if summary.failed == 0 else 1
+    if shard.count > 1:
+        code = _until_io_error(lambda: run_shard(run, jobs, shard, done, fingerprint),
+                               "rerun with --resume to continue")
+    else:
+        summary = _until_io_error(lambda: run.run(jobs, done), "rerun with --resume to continue")
+        if summary is not None:
+            print(f"{summary.line('inverted')}; manifest: {args.out / Manifest.NAME}", file=sys.stderr)
+        code = None if summary is None else 0 if summary.failed == 0 else 1
+    if args.profile:
+        print(run.clock.report(cfg.num_workers, WRITER_THREADS), file=sys.stderr)
+    return 1 if code is None else code
 
 
-def _until_io_error(run: Callable[[], Summary], hint: str) -> Optional[Summary]:
+T = TypeVar("T")
+
+
+def _until_io_error(run: Callable[[], T], hint: str) -> Optional[T]:
     """``run()``, or None after reporting an OSError (disk full, a vanished folder, ...).
 
     Not a bug and not the input's fault: every file finished so far is intact.

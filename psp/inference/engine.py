@@ -76,7 +76,9 @@ class Engine:
     ``refine``: the refinement settings (``refine.steps = 0``: off). ``lpips``: the distance the
     refinement uses (built by :meth:`prepare` when ``refine.lpips > 0``, or given). ``iterations``:
     the encoder passes of a ReStyle model (None: the model's default); after construction it holds
-    the number every encode runs (1 for the single-pass families).
+    the number every encode runs (1 for the single-pass families). ``compile``:
+    ``torch.compile`` the encoder and generator in place (``infer.compile``): the first batch of each
+    shape compiles (tens of seconds to minutes), later ones run the compiled kernels.
     """
 
     model: InferenceModel
@@ -85,6 +87,7 @@ class Engine:
     refine: RefineConfig = field(default_factory=RefineConfig)
     lpips: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
     iterations: Optional[int] = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.autocast = autocast_for(self.device, self.precision)
@@ -92,6 +95,10 @@ class Engine:
             self.iterations = self.model.resolve_iterations(self.iterations)
         except ValueError as exc:
             raise InputError(f"--iterations / infer.iterations: {exc}") from None
+        if self.compile:
+            # In place (Module.compile): parameter names, and so the generator's fingerprint, stay.
+            self.model.encoder.compile(dynamic=False)
+            self.model.generator.compile(dynamic=False)
 
     def prepare(self, lpips_cfg: LPIPSConfig) -> "Engine":
         """Build the refinement's LPIPS now (when refinement uses it), so a missing backbone file is

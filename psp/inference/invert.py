@@ -11,10 +11,11 @@ import dataclasses
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from functools import partial
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from psp.errors import InputError
 from psp.inference.engine import Engine
 from psp.inference.jobs import Job, Summary, progress_bar
 from psp.inference.outputs import Manifest, save_latent, save_png
+from psp.inference.profile import StageClock
 from psp.inference.stream import Batch, stream_images
 from stylegan2.fingerprint import generator_sha256
 
@@ -34,7 +36,12 @@ WRITER_THREADS = 4
 
 @dataclass
 class Inversion:
-    """One inversion run into ``out`` with a loaded model (see :meth:`run`)."""
+    """One inversion run into ``out`` with a loaded model (see :meth:`run`).
+
+    A shard of a larger run (``psp.inference.shards``) records into its own ``manifest_name`` and
+    adds ``header_extra`` to its header. ``clock`` holds the time per stage; ``profile`` makes it
+    exact on CUDA (a synchronisation after each stage).
+    """
 
     engine: Engine
     cfg: InferConfig
@@ -42,8 +49,12 @@ class Inversion:
     checkpoint: Path
     checkpoint_sha256: str
     quiet: bool = False
+    manifest_name: str = Manifest.NAME
+    header_extra: dict[str, Any] = field(default_factory=dict)
+    profile: bool = False
 
     def __post_init__(self) -> None:
+        self.clock = StageClock(self.engine.device, sync=self.profile)
         self.save_images = self.cfg.save_images or self.cfg.side_by_side
         self.model = self.engine.model
         # Latents name the generator they belong to, so editing refuses directions of another one.
@@ -65,6 +76,10 @@ class Inversion:
         """The latent file and the PNG (or None) of a job, relative to ``out``."""
         return f"{job.stem}.{self.cfg.format}", (f"{job.stem}.png" if self.save_images else None)
 
+    def shard_group(self) -> Optional[Callable[[Job], str]]:
+        """The key that must keep jobs on one shard of a sharded run (None: any split)."""
+        return None
+
     def is_finished(self, job: Job, done: set[str]) -> bool:
         latent, image = self.output_paths(job)
         return (latent in done and (self.out / latent).is_file()
@@ -85,15 +100,15 @@ class Inversion:
         batches = iter(stream_images([[job.source for job in pending]], self.model.input_size,
                                      self.cfg.batch_size, self.cfg.num_workers, align=self.cfg.align,
                                      pin_memory=self.engine.device.type == "cuda"))
-        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / self.manifest_name).parent.mkdir(parents=True, exist_ok=True)
         try:
-            manifest = Manifest(self.out)
+            manifest = Manifest(self.out, self.manifest_name)
         except BlockingIOError:
             raise InputError(f"another infer.py run is writing to '{self.out}'; wait for it or choose "
                              "another --out") from None
         with manifest, ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="infer-write") as writer, \
                 progress_bar(len(pending), "inverting", self.quiet) as bar:
-            manifest.write([self._header(len(jobs))] + [
+            manifest.write([{**self._header(len(jobs)), **self.header_extra}] + [
                 self._record(job, "skipped") for job, skip in zip(jobs, finished) if skip])
 
             def commit(writes: list[Future], records: list[dict[str, Any]]) -> None:
@@ -105,14 +120,20 @@ class Inversion:
                 bar.update(len(records))
 
             previous = None
-            for batch in batches:
+            while True:
+                waiting = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                self.clock.waited += time.perf_counter() - waiting
+                self.clock.add("load", batch.seconds, len(batch.indices) + len(batch.failures))
                 current = self._submit(batch, pending, writer, bar)
                 if previous is not None:
                     commit(*previous)
                 previous = current
             if previous is not None:
                 commit(*previous)
-        summary.seconds = time.perf_counter() - start
+        summary.seconds = self.clock.wall = time.perf_counter() - start
         return summary
 
     def _submit(self, batch: Batch, jobs: list[Job], writer: ThreadPoolExecutor,
@@ -121,15 +142,22 @@ class Inversion:
         records: dict[int, dict[str, Any]] = {}
         writes: list[Future] = []
         if batch.images is not None:
-            x = batch.images[:, 0].to(self.engine.device, non_blocking=True)
-            codes = self.engine.invert(x)
-            previews = self.previews(x, codes) if self.save_images else None
+            n = len(batch.indices)
+            with self.clock.stage("encode", n):
+                x = batch.images[:, 0].to(self.engine.device, non_blocking=True)
+                codes = self.engine.invert(x)
+            previews = None
+            if self.save_images:
+                with self.clock.stage("decode", n):
+                    previews = self.previews(x, codes)
             codes = codes.cpu()
             for k, i in enumerate(batch.indices):
                 latent, image = self.output_paths(jobs[i])
-                writes.append(writer.submit(save_latent, self.out / latent, codes[k], self._latent_meta(jobs[i])))
+                writes.append(writer.submit(self.clock.timed, "write", 1, partial(
+                    save_latent, self.out / latent, codes[k], self._latent_meta(jobs[i]))))
                 if previews is not None:
-                    writes.append(writer.submit(save_png, self.out / image, previews[k]))
+                    writes.append(writer.submit(self.clock.timed, "write", 0,
+                                                partial(save_png, self.out / image, previews[k])))
                 records[i] = self._record(jobs[i], "ok")
         for i, reason in batch.failures:
             bar.write(f"failed: {jobs[i].source}: {reason}", file=sys.stderr)

@@ -12,12 +12,13 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from tqdm import tqdm
 
 from psp.errors import InputError
-from psp.inference.outputs import Manifest, read_manifest
+from psp.inference.outputs import Manifest
+from psp.inference.shards import Shard, history, merge_lock
 from psp.io.images import IMAGE_EXTENSIONS, list_images
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -148,20 +149,28 @@ def check_output_folder(out: Path, input_folders: Sequence[Path]) -> None:
                              "outside it, or its outputs would be read as inputs")
 
 
-def finished_outputs(out: Path, resume: bool, checkpoint_sha256: str) -> set[str]:
-    """Outputs (relative to ``out``) that earlier runs finished, as their latest manifest line says.
+def finished_outputs(out: Path, resume: bool, checkpoint_sha256: str, shard: Shard = Shard(),
+                     jobs_sha256: Optional[str] = None) -> set[str]:
+    """Outputs (relative to ``out``) that earlier runs finished, as their latest manifest line says
+    (in ``manifest.jsonl`` or in any part a sharded run left, whichever shard wrote it).
 
-    Without ``resume`` an existing manifest is a InputError (nothing is overwritten by accident);
-    so is resuming with a different checkpoint than the one the folder was written with.
+    Without ``resume`` an earlier run's manifest is a InputError (nothing is overwritten by
+    accident); so is resuming with a different checkpoint than the one the folder was written with.
+    A shard (``jobs_sha256``: the fingerprint of the full job list) does not count the runs of
+    shards with its job list and rank count as earlier: they may be its own launch's other ranks.
     """
-    path = out / Manifest.NAME
-    if not path.is_file():
-        return set()
+    with merge_lock(out, exclusive=False):
+        records = list(history(out))
     if not resume:
-        raise InputError(f"'{out}' already holds {Manifest.NAME} from an earlier run; pass --resume to "
-                         "continue it, or choose another --out")
+        ours = {"count": shard.count, "jobs_sha256": jobs_sha256}
+        if any(r.get("type") == "run" and not (shard.count > 1 and isinstance(r.get("shard"), dict)
+                                               and {k: r["shard"].get(k) for k in ours} == ours)
+               for r in records):
+            raise InputError(f"'{out}' already holds {Manifest.NAME} from an earlier run; pass --resume to "
+                             "continue it, or choose another --out")
+        return set()
     done: set[str] = set()
-    for record in read_manifest(path):
+    for record in records:
         if record.get("type") == "run" and record.get("checkpoint_sha256") != checkpoint_sha256:
             raise InputError(f"'{out}' was written with checkpoint sha256 "
                              f"{str(record.get('checkpoint_sha256'))[:12]}..., this run uses "

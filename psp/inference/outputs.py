@@ -100,14 +100,15 @@ class Manifest:
     """``manifest.jsonl`` under an output folder: a header line per run, then one line per input.
 
     Lines are appended whole and flushed after each batch; a line torn by a crash is ignored by
-    :func:`read_manifest`. Construction takes the folder's lock and raises BlockingIOError when
-    another run holds it. Child processes forked while it is open share the lock: fork them first.
+    :func:`read_manifest`. ``name`` (relative to ``folder``) may name a shard's part instead.
+    Construction takes the file's lock and raises BlockingIOError when another run holds it.
+    Child processes forked while it is open share the lock: fork them first.
     """
 
     NAME = "manifest.jsonl"
 
-    def __init__(self, folder: Path):
-        self.path = folder / self.NAME
+    def __init__(self, folder: Path, name: str = NAME):
+        self.path = folder / name
         self._file = open(self.path, "ab+")
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -6,6 +6,7 @@ the run reports it and goes on; memory does not grow with the number of inputs.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -25,6 +26,7 @@ class Batch(NamedTuple):
     indices: list[int]               # item indices of the decoded images, in order
     images: Optional[torch.Tensor]   # [len(indices), n_files, 3, S, S] in [-1, 1]; None if all failed
     failures: list[tuple[int, str]]  # (item index, reason)
+    seconds: float = 0.0             # worker time spent decoding and resizing these files
 
 
 class _PathTable:
@@ -47,8 +49,9 @@ class _PathTable:
 class ImageFiles(Dataset):
     """Item i: file i of each path list decoded, (optionally face-aligned,) resized to ``size``.
 
-    ``__getitem__(i)`` -> ``(i, [n_files, 3, size, size] in [-1, 1], None)``, or ``(i, None, reason)``
-    when a file cannot be used (with several lists, the reason names the file).
+    ``__getitem__(i)`` -> ``(i, [n_files, 3, size, size] in [-1, 1], None, seconds)``, or
+    ``(i, None, reason, seconds)`` when a file cannot be used (with several lists, the reason names
+    the file); ``seconds``: the time the item took.
     """
 
     def __init__(self, path_lists: Sequence[Sequence[Path]], size: int, align: bool = False):
@@ -64,7 +67,8 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.tables[0])
 
-    def __getitem__(self, i: int) -> tuple[int, Optional[torch.Tensor], Optional[str]]:
+    def __getitem__(self, i: int) -> tuple[int, Optional[torch.Tensor], Optional[str], float]:
+        start = time.perf_counter()
         images = []
         for table in self.tables:
             path = table[i]
@@ -72,8 +76,8 @@ class ImageFiles(Dataset):
                 images.append(self._load(path))
             except self.errors as exc:
                 reason = getattr(exc, "reason", None) or str(exc)
-                return i, None, reason if len(self.tables) == 1 else f"{path}: {reason}"
-        return i, torch.stack(images), None
+                return i, None, reason if len(self.tables) == 1 else f"{path}: {reason}", time.perf_counter() - start
+        return i, torch.stack(images), None, time.perf_counter() - start
 
     def _load(self, path: Path) -> torch.Tensor:
         image = load_rgb(path, min_size=MIN_IMAGE_SIDE)
@@ -83,11 +87,12 @@ class ImageFiles(Dataset):
         return to_tensor(image, self.size)
 
 
-def _collate(items: list[tuple[int, Optional[torch.Tensor], Optional[str]]]) -> Batch:
-    decoded = [(i, x) for i, x, err in items if err is None]
+def _collate(items: list[tuple[int, Optional[torch.Tensor], Optional[str], float]]) -> Batch:
+    decoded = [(i, x) for i, x, err, _ in items if err is None]
     return Batch(indices=[i for i, _ in decoded],
                  images=torch.stack([x for _, x in decoded]) if decoded else None,
-                 failures=[(i, err) for i, _, err in items if err is not None])
+                 failures=[(i, err) for i, _, err, _ in items if err is not None],
+                 seconds=sum(seconds for *_, seconds in items))
 
 
 def stream_images(path_lists: Sequence[Sequence[Path]], size: int, batch_size: int, num_workers: int,

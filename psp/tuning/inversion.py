@@ -79,6 +79,10 @@ class TunedInversion(Inversion):
         """The group key of a job: its own stem, or its output folder (POSIX, relative to ``out``)."""
         return job.stem if self.tune.per == "image" else PurePosixPath(job.stem).parent.as_posix()
 
+    def shard_group(self) -> Optional[Callable[[Job], str]]:
+        # A folder's delta is tuned on all of its images: the folder stays on one shard.
+        return self.group_of if self.tune.per == "folder" else None
+
     def delta_name(self, group: str) -> str:
         """The delta file of a group, relative to ``out``."""
         if self.tune.per == "image":
