@@ -100,6 +100,12 @@ class ModelConfig:
     w_avg: WAvgConfig = field(default_factory=WAvgConfig)
     n_styles: Optional[int] = _f(None, "W+ rows; null = 2*log2(generator.size)-2 (checked if set)")
     start_from_latent_avg: bool = _f(True, "add w_avg to the encoder output (pSp default)")
+    family: str = _f("psp", "encoder family (docs/families.md): psp = pyramid; e4e = w0 + per-row deltas "
+                            "(codes near W, for editing); restyle_psp / restyle_e4e = iterative residual "
+                            "encoders (image + current reconstruction in, encoder.input_nc = 6)",
+                     ("psp", "e4e", "restyle_psp", "restyle_e4e"))
+    iterations: int = _f(5, "ReStyle families: encoder passes per image at inference (the original's "
+                            "default, 5); the other families encode in one pass")
 
 
 @dataclass
@@ -508,6 +514,11 @@ def _check_model(model: ModelConfig) -> None:
         _require(getattr(gen, key) > 0, f"model.generator.{key}", "must be positive")
     _require(enc.input_size >= 32 and enc.input_size % 16 == 0, "model.encoder.input_size",
              f"must be a multiple of 16 and >= 32, got {enc.input_size}")
+    _require(model.iterations >= 1, "model.iterations", f"must be >= 1, got {model.iterations}")
+    restyle = model.family in ("restyle_psp", "restyle_e4e")
+    _require(not restyle or enc.input_nc == 6, "model.encoder.input_nc",
+             f"is {enc.input_nc} but a {model.family} encoder reads the image and its current reconstruction; "
+             "set model.encoder.input_nc=6")
     _require(enc.input_nc > 0, "model.encoder.input_nc", "must be positive")
     _require(len(enc.widths) == 4 and all(w > 0 for w in enc.widths), "model.encoder.widths",
              f"must list 4 positive stage widths, got {enc.widths}")

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 import torch
 
+from psp.models.families import FamilyEncoding
 from psp.models.frozen import freeze
 from psp.models.generated import resize_generated
 from psp.models.nets.fuse import optimize_for_inference
@@ -23,12 +24,14 @@ from stylegan2.inference import optimize_generator_for_inference
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class InferenceModel:
-    """Encoder (rewritten) + generator + average latent, frozen, for inference only.
+class InferenceModel(FamilyEncoding):
+    """Encoder (rewritten) + generator + average latent, frozen, for inference only, of any family
+    (``encode(x, iterations=None)``, ``encode_iterations``: :class:`psp.models.families.FamilyEncoding`).
 
     Attributes:
         config: the ``model`` config section (ModelConfig) of the source model.
-        encoder: the fused pyramid encoder, x [B, input_nc, S, S] -> offsets [B, n_styles, style_dim].
+        encoder: the fused encoder, x [B, input_nc, S, S] -> offsets [B, n_styles, style_dim]
+            (channels-last input is fastest: the layout of its weights).
         generator: the stylegan2.Generator (frozen, eval mode).
         w_avg: [n_styles, style_dim], added by :meth:`encode` when ``start_from_latent_avg``.
         input_size, n_styles, start_from_latent_avg: as on the PSP model.
@@ -71,12 +74,6 @@ class InferenceModel:
         self.generator.to(device)
         self.w_avg = self.w_avg.to(device)
         return self
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, input_nc, S, S] in [-1, 1] -> W+ codes [B, n_styles, style_dim] (w_avg added when
-        start_from_latent_avg). Channels-last input is fastest (the encoder's weight layout)."""
-        codes = self.encoder(x)
-        return codes + self.w_avg if self.start_from_latent_avg else codes
 
     def decode(self, codes: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """W+ codes [B, n_styles, style_dim] -> images [B, 3, S, S] (resize=False: the generator's size).

@@ -10,7 +10,6 @@ Two file formats load through `PSP.from_checkpoint`:
    "encoder": <state dict, our names>, "w_avg": [n_styles, style_dim] or [style_dim],
    "generator": <rosinality-named state dict> or None, "generator_ref": {"path", "sha256"} or None}.
 """
-import argparse
 import dataclasses
 import os
 from pathlib import Path
@@ -29,9 +28,11 @@ from psp.config import (
     n_styles_for,
 )
 from psp.io.atomic import atomic_torch_save
+from psp.models.families import ENCODER_CLASSES, FamilyEncoding
 from psp.models.inference import InferenceModel
 from psp.models.generated import estimate_w_avg, resize_generated, scale_to_image_range
 from psp.models.official import from_official
+from psp.models.released import released_opts, released_spec
 from psp.models.nets.pyramid import GradualStyleEncoder
 from psp.models.nets.resnet import ResNet
 from stylegan2 import Generator, load_generator, safe_load, sha256_file
@@ -42,8 +43,10 @@ FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_init: bool = True) -> GradualStyleEncoder:
-    """The pyramid encoder described by a `model.encoder` config section.
+def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_init: bool = True,
+                  family: str = "psp") -> GradualStyleEncoder:
+    """The encoder of `family` (psp.models.families.ENCODER_CLASSES) described by a `model.encoder`
+    config section: a GradualStyleEncoder or one of its e4e / ReStyle subclasses.
 
     With `load_init` and `enc_cfg.init` set, the backbone starts from the ArcFace IR-SE-50 weights
     (as pSp does); its input layer stays random when input_nc != 3.
@@ -53,7 +56,7 @@ def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_in
         attention=enc_cfg.attention, stem=enc_cfg.stem, anti_alias=enc_cfg.anti_alias, act=enc_cfg.act,
         expansion=enc_cfg.expansion, se_reduction=enc_cfg.se_reduction, in_chans=enc_cfg.input_nc,
     )
-    encoder = GradualStyleEncoder(backbone, n_styles, style_dim, enc_cfg.input_size)
+    encoder = ENCODER_CLASSES[family](backbone, n_styles, style_dim, enc_cfg.input_size)
     if load_init and enc_cfg.init is not None:
         init_backbone_from_arcface(backbone, enc_cfg.init)
     return encoder
@@ -130,16 +133,19 @@ def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-class PSP(nn.Module):
-    """Encoder + generator + average latent.
+class PSP(FamilyEncoding, nn.Module):
+    """Encoder + generator + average latent, of any family (config.family; psp.models.families).
 
     Attributes:
         config: the `model` config section (ModelConfig) this model was built from.
-        encoder: GradualStyleEncoder, x [B, input_nc, S, S] -> W+ offsets [B, n_styles, style_dim].
+        encoder: GradualStyleEncoder (or its e4e / ReStyle subclass), x [B, input_nc, S, S] -> W+
+            offsets [B, n_styles, style_dim] (ReStyle: the residual on the current codes).
         generator: stylegan2.Generator (rosinality names).
         w_avg: buffer [n_styles, style_dim], the average latent added to the encoder output.
         input_size: S, the encoder's input side; also the side `decode(resize=True)` pools to.
-        n_styles: W+ rows. start_from_latent_avg: whether `encode` adds w_avg.
+        n_styles: W+ rows. start_from_latent_avg: whether `encode` adds w_avg (pSp, e4e; ReStyle
+            always starts from it).
+        family, is_iterative, default_iterations: see psp.models.families.FamilyEncoding.
         generator_ref: {"path", "sha256"} of the generator file when loaded from a referencing file.
     """
 
@@ -153,17 +159,16 @@ class PSP(nn.Module):
         self.input_size = encoder.input_size
         self.start_from_latent_avg = config.start_from_latent_avg
         self.generator_ref = generator_ref
+        if type(encoder) is not ENCODER_CLASSES[config.family]:
+            raise ValueError(f"a {config.family} model needs a {ENCODER_CLASSES[config.family].__name__}, "
+                             f"got {type(encoder).__name__}")
         if generator.n_latent != self.n_styles:
             raise ValueError(f"the encoder makes {self.n_styles} W+ rows but a {generator.size}px generator "
                              f"uses {generator.n_latent}")
         self.register_buffer("w_avg", _expand_w_avg(w_avg, self.n_styles, generator.style_dim, "w_avg"))
 
     # ------------------------------------------------------------------ inference
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, input_nc, S, S] in [-1, 1] -> W+ codes [B, n_styles, style_dim] (w_avg added when
-        start_from_latent_avg)."""
-        codes = self.encoder(x)
-        return codes + self.w_avg if self.start_from_latent_avg else codes
+    # encode(x, iterations=None), encode_iterations, encode_step, average_image: FamilyEncoding.
 
     def decode(self, codes: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """W+ codes [B, n_styles, style_dim] -> images [B, 3, S, S] (resize=False: [B, 3, G.size, G.size]).
@@ -197,7 +202,7 @@ class PSP(nn.Module):
         model_cfg, loaded = _with_nvidia_generator(model_cfg)
         gen_cfg = model_cfg.generator
         n_styles = model_cfg.n_styles or n_styles_for(gen_cfg.size)
-        encoder = build_encoder(model_cfg.encoder, n_styles, gen_cfg.style_dim)
+        encoder = build_encoder(model_cfg.encoder, n_styles, gen_cfg.style_dim, family=model_cfg.family)
         latent_avg = None
         if loaded is not None:
             generator, latent_avg = loaded
@@ -250,7 +255,7 @@ class PSP(nn.Module):
         cfg = model_config_from_dict(ckpt["config"], source=source)
         gen_cfg = cfg.generator
         n_styles = cfg.n_styles or n_styles_for(gen_cfg.size)
-        encoder = build_encoder(cfg.encoder, n_styles, gen_cfg.style_dim, load_init=False)
+        encoder = build_encoder(cfg.encoder, n_styles, gen_cfg.style_dim, load_init=False, family=cfg.family)
         _load_strict(encoder, ckpt["encoder"], f"{source} (encoder)")
         ref = ckpt.get("generator_ref")
         if ckpt.get("generator") is not None:
@@ -264,34 +269,26 @@ class PSP(nn.Module):
 
     @classmethod
     def _from_official_file(cls, ckpt: dict, source: str) -> "PSP":
-        opts = ckpt["opts"]
-        opts = vars(opts) if isinstance(opts, argparse.Namespace) else opts
-        if not isinstance(opts, dict) or not isinstance(ckpt["state_dict"], dict):
-            raise CheckpointError(f"{source}: 'opts' must be a dict and 'state_dict' a dict of tensors "
-                                  f"(found {type(opts).__name__} and {type(ckpt['state_dict']).__name__})")
-        encoder_type = opts.get("encoder_type", "GradualStyleEncoder")
-        if encoder_type != "GradualStyleEncoder":
-            raise CheckpointError(f"{source}: opts['encoder_type']={encoder_type!r} is not supported "
-                             "(only GradualStyleEncoder)")
-        if opts.get("learn_in_w", False):
-            raise CheckpointError(f"{source}: opts['learn_in_w']=True is not supported (W+ encoders only)")
+        """A pSp, e4e, ReStyle-pSp or ReStyle-e4e file; the family comes from its opts
+        (psp.models.released documents the facts). Entries besides state_dict, opts and
+        latent_avg (e4e's discriminator and optimiser state) are training state and not read."""
+        opts = released_opts(ckpt, source)
+        spec = released_spec(opts, ckpt.get("latent_avg") is not None, source)
         state = ckpt["state_dict"]
         encoder_sd = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         decoder_sd = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
         other = [k for k in state if not k.startswith(("encoder.", "decoder."))]
         if other:
-            raise CheckpointError(f"{source}: unexpected key '{other[0]}' in the pSp state_dict")
+            raise CheckpointError(f"{source}: unexpected key '{other[0]}' in the {spec.family} state_dict")
 
-        output_size = int(opts.get("output_size", 1024))  # pSp's own default for old files
+        gen_found = infer_generator_config(decoder_sd, source=f"{source} (decoder)")
+        output_size = spec.output_size or gen_found["size"]
         n_styles = n_styles_for(output_size)
         if opts.get("n_styles", n_styles) != n_styles:
             raise CheckpointError(f"{source}: opts['n_styles']={opts['n_styles']} disagrees with "
                              f"output_size {output_size}")
-        gen_found = infer_generator_config(decoder_sd, source=f"{source} (decoder)")
         generator = build_generator(decoder_sd, size=output_size, source=f"{source} (decoder)")
-        # pSp saves latent_avg only when it trained with start_from_latent_avg, so its presence is
-        # the fallback when an old file's opts lack the flag.
-        start = bool(opts.get("start_from_latent_avg", "latent_avg" in ckpt))
+        start = spec.start_from_latent_avg
         if start and ckpt.get("latent_avg") is None:
             raise CheckpointError(f"{source}: opts['start_from_latent_avg'] is set but the file has no "
                              "latent_avg")
@@ -302,13 +299,14 @@ class PSP(nn.Module):
         w_avg = estimate_w_avg(generator, 10_000) if latent_avg is None else latent_avg
 
         cfg = ModelConfig(
-            encoder=EncoderConfig(block="ir_se", depth=50, input_nc=int(opts.get("input_nc", 3)), input_size=256),
+            encoder=EncoderConfig(block="ir_se", depth=50, input_nc=spec.input_nc, input_size=256),
             generator=GeneratorConfig(size=output_size, style_dim=style_dim, n_mlp=gen_found["n_mlp"],
                                       channel_multiplier=gen_found["channel_multiplier"],
                                       channel_max=gen_found["channel_max"] or 512),
             start_from_latent_avg=start,
+            family=spec.family,
         )
-        encoder = build_encoder(cfg.encoder, n_styles, style_dim, load_init=False)
+        encoder = build_encoder(cfg.encoder, n_styles, style_dim, load_init=False, family=spec.family)
         encoder.load_state_dict(from_official(encoder_sd, encoder, source=f"{source} (encoder)"), strict=True)
         return cls(cfg, encoder, generator, _expand_w_avg(w_avg, n_styles, style_dim, f"{source} (latent_avg)"))
 

@@ -75,8 +75,9 @@ class GradualStyleEncoder(nn.Module):
         width = c3["num_chs"]
         # pSp always builds both laterals; we build only those the styles read, because a parameter
         # without a gradient (n_styles <= 7, generators of 16 px and less) breaks DDP.
-        self.lateral1 = nn.Conv2d(c2["num_chs"], width, 1) if n_styles > COARSE_END else None
-        self.lateral2 = nn.Conv2d(c1["num_chs"], width, 1) if n_styles > MIDDLE_END else None
+        self.n_levels = 1 + max(self.style_level(j) for j in range(n_styles))
+        self.lateral1 = nn.Conv2d(c2["num_chs"], width, 1) if self.n_levels > 1 else None
+        self.lateral2 = nn.Conv2d(c1["num_chs"], width, 1) if self.n_levels > 2 else None
         spatial = [input_size // c3["reduction"], input_size // c2["reduction"], input_size // c1["reduction"]]
         self.styles = nn.ModuleList(
             StyleBlock(width, style_dim, spatial[self.style_level(j)]) for j in range(n_styles)
@@ -85,19 +86,29 @@ class GradualStyleEncoder(nn.Module):
 
     @staticmethod
     def style_level(j: int) -> int:
-        """Pyramid level of style row j: 0 = C3 (coarse), 1 = P2 (middle), 2 = P1 (fine)."""
+        """Pyramid level of style row j: 0 = C3 (coarse), 1 = P2 (middle), 2 = P1 (fine).
+
+        Subclasses override it (ReStyle's backbone encoders read every row from level 0); the
+        laterals, the pyramid and the inference rewrite all follow it."""
         return 0 if j < COARSE_END else 1 if j < MIDDLE_END else 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pyramid(self, x: torch.Tensor, n_levels: int = 0) -> list[torch.Tensor]:
+        """The first `n_levels` (default: all the rows read) pyramid levels: [C3, P2, P1], each
+        [B, width, s, s]. Only the laterals those levels need run."""
         if x.dim() != 4 or x.shape[-2:] != (self.input_size, self.input_size):
             side = self.input_size
             raise ValueError(f"encoder expects [B, C, {side}, {side}] inputs, got {list(x.shape)}")
+        n_levels = n_levels or self.n_levels
         c1, c2, c3 = self.backbone(x)[-3:]
         levels = [c3]
-        if self.lateral1 is not None:
+        if n_levels > 1:
             levels.append(_upsample_add(c3, self.lateral1(c2)))
-        if self.lateral2 is not None:
+        if n_levels > 2:
             levels.append(_upsample_add(levels[1], self.lateral2(c1)))
+        return levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.pyramid(x)
         if self.merged_styles is not None:  # the inference rewrite of psp.models.nets.fuse.merge_style_blocks
             return torch.cat([merged(level) for merged, level in zip(self.merged_styles, levels)], dim=1)
         codes = [style(levels[self.style_level(j)]) for j, style in enumerate(self.styles)]
