@@ -182,7 +182,7 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    checkpoint: str = _f("checkpoints/psp_ffhq_encode.pt", "pSp model file (official psp_*.pt or our psp.pt)")
+    checkpoint: str = _f("checkpoints/psp_ffhq_encode.pt", "model file: official pSp, e4e or ReStyle file, or our psp.pt")
     batch_size: int = _f(4, "images per forward pass")
     format: str = _f("pt", "latent file format", ("pt", "npy"))
     num_workers: int = _f(2, "image-decoding worker processes")
@@ -191,6 +191,8 @@ class InferConfig:
     save_images: bool = _f(False, "also write reconstructions")
     side_by_side: bool = _f(False, "reconstructions as input | output pairs")
     align: bool = _f(False, "FFHQ-style face alignment before encoding")
+    iterations: Optional[int] = _f(None, "ReStyle models: encoder passes per image (null: the model's "
+                                         "model.iterations, 5 for the released files); others: null or 1")
 
 
 @dataclass
@@ -609,6 +611,8 @@ def _check_discriminator(d: DiscriminatorConfig) -> None:
 def _check_infer(i: InferConfig) -> None:
     _positive(i, "infer", "batch_size")
     _non_negative(i, "infer", "num_workers")
+    _require(i.iterations is None or i.iterations >= 1, "infer.iterations",
+             f"must be >= 1 or null, got {i.iterations}")
 
 
 def _check_refine(r: RefineConfig) -> None:

@@ -200,6 +200,16 @@ def test_encoder_init_copies_the_arcface_body(arcface_file, input_nc):
     assert torch.equal(body["stem.conv.weight"], source["stem.conv.weight"]) == (input_nc == 3)
 
 
+def test_restyle_init_puts_the_arcface_rgb_filters_first(arcface_file):
+    path, net = arcface_file
+    enc_cfg = dataclasses.replace(TINY_ENC, layers=None, widths=[64, 128, 256, 512], input_nc=6, init=str(path))
+    encoder = build_encoder(enc_cfg, n_styles=4, style_dim=32, family="restyle_psp")
+    body, source = encoder.backbone.state_dict(), net.backbone.state_dict()
+    assert torch.equal(body["stem.conv.weight"][:, :3], source["stem.conv.weight"])
+    assert body["stem.conv.weight"][:, 3:].std() > 0.5  # N(0, 1), as ReStyle draws it
+    assert all(torch.equal(body[k], source[k]) for k in body if k != "stem.conv.weight")
+
+
 def test_inference_form_keeps_codes_and_cannot_be_saved(model, x, tmp_path):
     with torch.no_grad():
         images, codes = model(x, return_latents=True)

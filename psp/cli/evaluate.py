@@ -23,7 +23,7 @@ FLAG_KEYS = {"refine_steps": ("refine", "steps"), "refine_lr": ("refine", "lr"),
              "lpips_weights": ("lpips", "weights"), "arcface": ("evaluate", "arcface"),
              "batch_size": ("infer", "batch_size"), "workers": ("infer", "num_workers"),
              "device": ("infer", "device"), "precision": ("infer", "precision"),
-             "report_examples": ("evaluate", "report_examples")}
+             "report_examples": ("evaluate", "report_examples"), "iterations": ("infer", "iterations")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (infer.device)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="inference precision (infer.precision)")
     parser.add_argument("--report-examples", type=int, help="best and worst images shown, each (evaluate.report_examples)")
+    parser.add_argument("--iterations", type=int, help="ReStyle models: encoder passes per image; each pass "
+                        "gets its own table row (infer.iterations; default 5)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -31,7 +31,8 @@ FLAG_KEYS = {"checkpoint": ("infer", "checkpoint"), "format": ("infer", "format"
              "batch_size": ("infer", "batch_size"), "device": ("infer", "device"),
              "precision": ("infer", "precision"), "save_images": ("infer", "save_images"),
              "side_by_side": ("infer", "side_by_side"), "refine_steps": ("refine", "steps"),
-             "align": ("infer", "align"), "workers": ("infer", "num_workers")}
+             "align": ("infer", "align"), "workers": ("infer", "num_workers"),
+             "iterations": ("infer", "iterations")}
 
 EPILOG = """\
 inputs: image files, folders (searched recursively) and @LIST text files (one path per line,
@@ -53,7 +54,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def invert_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="infer.py", description="Invert images into StyleGAN2 W+ latents with a pSp encoder.",
+    parser = Parser(prog="infer.py", description="Invert images into StyleGAN2 W+ latents with a pSp, e4e or ReStyle encoder.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image file, folder, @LIST file, or a key=value config override")
@@ -66,6 +67,8 @@ def invert_parser() -> argparse.ArgumentParser:
                         help="reconstructions as input | output pairs; implies --save-images")
     parser.add_argument("--resume", action="store_true", help="continue a run: skip finished outputs")
     parser.add_argument("--refine-steps", type=int, help="optimise W+ for N steps (refine.steps)")
+    parser.add_argument("--iterations", type=int,
+                        help="ReStyle models: encoder passes per image (infer.iterations; default 5)")
     parser.add_argument("--align", action="store_const", const=True,
                         help="FFHQ-style face alignment first (infer.align)")
     parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
@@ -120,7 +123,8 @@ def invert(argv: Sequence[str]) -> int:
     check_output_folder(args.out, folders)
     device = resolve_device(cfg.device)
     checkpoint = Path(cfg.checkpoint)
-    engine = Engine(load_inference_model(checkpoint, device), device, cfg.precision, config.refine)
+    engine = Engine(load_inference_model(checkpoint, device), device, cfg.precision, config.refine,
+                    iterations=cfg.iterations)
     sha256 = sha256_file(checkpoint)
     done = finished_outputs(args.out, args.resume, sha256)
     run = Inversion(engine, cfg, args.out, checkpoint, sha256, quiet=args.quiet)

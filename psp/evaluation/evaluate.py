@@ -145,6 +145,16 @@ def method_name(refine_steps: int) -> str:
     return f"encoder + refine {refine_steps}" if refine_steps > 0 else "encoder"
 
 
+def pass_name(t: int) -> str:
+    """The table row of a ReStyle model's codes after pass t (< its last, which is ``encoder``)."""
+    return f"encoder pass {t}"
+
+
+def pass_methods(engine: Engine) -> list[str]:
+    """Rows for the intermediate passes of a ReStyle model (none for pSp and e4e)."""
+    return [pass_name(t) for t in range(1, engine.iterations)]
+
+
 def evaluate_folder(engine: Engine, metrics: ReconstructionMetrics, run: EvaluationRun,
                     rank_metric: str) -> dict[str, Scores]:
     """Invert every image under ``run.images`` and score each reconstruction against its resized input."""
@@ -152,7 +162,9 @@ def evaluate_folder(engine: Engine, metrics: ReconstructionMetrics, run: Evaluat
     if not files:
         raise InputError(f"no images found in '{run.images}' (looked recursively)")
     rels = [f.relative_to(run.images).as_posix() for f in files]
-    scores = Scores(Extremes(rank_metric, run.evaluate.report_examples))
+    methods = pass_methods(engine) + [method_name(run.refine.steps)]
+    results = {m: Scores(Extremes(rank_metric, run.evaluate.report_examples)) for m in methods}
+    scores = results[methods[-1]]
     device = engine.device
     with progress_bar(len(files), "evaluating", run.quiet) as bar:
         for batch in stream_images([files], engine.model.input_size, run.infer.batch_size, run.infer.num_workers):
@@ -160,14 +172,19 @@ def evaluate_folder(engine: Engine, metrics: ReconstructionMetrics, run: Evaluat
                 scores.fail(rels[i], error)
             if batch.images is not None:
                 x = batch.images[:, 0].to(device)
+                paths = [rels[i] for i in batch.indices]
                 _sync(device)
                 start = time.perf_counter()
-                y_hat = engine.decode(engine.invert(x))
+                passes = engine.encode_iterations(x)
+                y_hat = engine.decode(engine.refine_codes(x, passes[-1]))
                 _sync(device)
                 seconds = time.perf_counter() - start
-                scores.add([rels[i] for i in batch.indices], x, y_hat, metrics(y_hat, x), seconds)
+                for method, codes in zip(methods, passes[:-1]):  # intermediate ReStyle passes, untimed
+                    y_pass = engine.decode(codes)
+                    results[method].add(paths, x, y_pass, metrics(y_pass, x))
+                scores.add(paths, x, y_hat, metrics(y_hat, x), seconds)
             bar.update(len(batch.indices) + len(batch.failures))
-    return {method_name(run.refine.steps): scores}
+    return results
 
 
 def match_pairs(targets: Path, outputs: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -230,7 +247,7 @@ def evaluate_synthetic(engine: Engine, metrics: ReconstructionMetrics, run: Eval
     model, device = engine.model, engine.device
     data = SyntheticDataset(model.generator, run.synthetic, size=model.input_size, seed=run.evaluate.seed, fixed=True)
     refined = method_name(run.refine.steps)
-    methods = ["w_avg", "encoder"] + ([refined] if run.refine.steps > 0 else [])
+    methods = ["w_avg", *pass_methods(engine), "encoder"] + ([refined] if run.refine.steps > 0 else [])
     results = {m: Scores(Extremes(rank_metric, run.evaluate.report_examples)) for m in methods}
     baseline = engine.decode(model.w_avg[None])
     with progress_bar(run.synthetic, "synthetic", run.quiet) as bar:
@@ -249,10 +266,13 @@ def evaluate_synthetic(engine: Engine, metrics: ReconstructionMetrics, run: Eval
             score("w_avg", model.w_avg[None].expand(b, -1, -1), baseline.expand(b, -1, -1, -1), None)
             _sync(device)
             start = time.perf_counter()
-            codes = engine.encode(x)
+            passes = engine.encode_iterations(x)
+            codes = passes[-1]
             y_hat = engine.decode(codes)
             _sync(device)
             encoder_seconds = time.perf_counter() - start
+            for t, pass_codes in enumerate(passes[:-1], start=1):  # intermediate ReStyle passes, untimed
+                score(pass_name(t), pass_codes, engine.decode(pass_codes), None)
             score("encoder", codes, y_hat, encoder_seconds)
             if run.refine.steps > 0:
                 start = time.perf_counter()
@@ -317,7 +337,7 @@ def _settings(run: EvaluationRun, mode: str, metric_names: Sequence[str]) -> dic
                 "lpips_weights": run.lpips.weights, "arcface": run.evaluate.arcface}
     if mode == "pairs":
         return {**settings, "targets": str(run.targets), "outputs": str(run.outputs), "size": run.evaluate.size}
-    settings.update(refine_steps=run.refine.steps)
+    settings.update(refine_steps=run.refine.steps, iterations=run.infer.iterations)
     if run.refine.steps:
         settings.update(refine_lr=run.refine.lr, refine_l2=run.refine.l2,
                         refine_lpips=0.0 if not run.evaluate.lpips else run.refine.lpips)
@@ -394,7 +414,8 @@ def run_evaluation(run: EvaluationRun) -> tuple[dict, dict[str, Scores]]:
     if run.mode == "pairs":
         results = evaluate_pairs(metrics, run, device, rank_metric)
     else:
-        engine = Engine(load_inference_model(run.checkpoint, device), device, run.infer.precision, run.refine)
+        engine = Engine(load_inference_model(run.checkpoint, device), device, run.infer.precision, run.refine,
+                        iterations=run.infer.iterations)
         engine.lpips = metrics.lpips  # refinement scores with the metric's network (built once)
         engine.prepare(run.lpips)
         evaluate = evaluate_folder if run.mode == "checkpoint" else evaluate_synthetic

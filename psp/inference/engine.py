@@ -74,7 +74,9 @@ class Engine:
     """Encode, refine and decode with one model on one device at one precision.
 
     ``refine``: the refinement settings (``refine.steps = 0``: off). ``lpips``: the distance the
-    refinement uses (built by :meth:`prepare` when ``refine.lpips > 0``, or given).
+    refinement uses (built by :meth:`prepare` when ``refine.lpips > 0``, or given). ``iterations``:
+    the encoder passes of a ReStyle model (None: the model's default); after construction it holds
+    the number every encode runs (1 for the single-pass families).
     """
 
     model: InferenceModel
@@ -82,9 +84,14 @@ class Engine:
     precision: str = "fp32"
     refine: RefineConfig = field(default_factory=RefineConfig)
     lpips: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    iterations: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.autocast = autocast_for(self.device, self.precision)
+        try:
+            self.iterations = self.model.resolve_iterations(self.iterations)
+        except ValueError as exc:
+            raise InputError(f"--iterations / infer.iterations: {exc}") from None
 
     def prepare(self, lpips_cfg: LPIPSConfig) -> "Engine":
         """Build the refinement's LPIPS now (when refinement uses it), so a missing backbone file is
@@ -96,10 +103,16 @@ class Engine:
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, 3, S, S] in [-1, 1] on the device -> the encoder's W+ codes [B, n_styles, 512] float32."""
+        """x [B, 3, S, S] in [-1, 1] on the device -> the encoder's W+ codes [B, n_styles, 512] float32
+        (ReStyle: after ``iterations`` passes)."""
+        return self.encode_iterations(x)[-1]
+
+    def encode_iterations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The codes after each encoder pass, ``iterations`` of them (one for pSp and e4e), each
+        [B, n_styles, 512] float32."""
         x = x.contiguous(memory_format=torch.channels_last)  # the layout of the encoder's weights
         with torch.inference_mode(), self.autocast():
-            return self.model.encode(x).float()
+            return [codes.float() for codes in self.model.encode_iterations(x, self.iterations)]
 
     def refine_codes(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """``codes`` [B, n_styles, 512] optimised for ``refine.steps`` Adam steps towards ``x`` (float32)."""

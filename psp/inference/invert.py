@@ -152,7 +152,8 @@ class Inversion:
                 "checkpoint_sha256": self.checkpoint_sha256, "generator_sha256": self.generator_sha256,
                 "n_styles": self.model.n_styles,
                 "input_size": self.model.input_size, "generator_size": self.model.config.generator.size,
-                "refine_steps": self.engine.refine.steps, "align": self.cfg.align}
+                "refine_steps": self.engine.refine.steps, "align": self.cfg.align,
+                "family": self.model.family, "iterations": self.engine.iterations}
 
     def _record(self, job: Job, status: str, error: Optional[str] = None) -> dict[str, Any]:
         latent, image = self.output_paths(job)
@@ -165,4 +166,5 @@ class Inversion:
                 "checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": self.checkpoint_sha256,
                 "inputs": n_inputs, "device": str(self.engine.device), "infer": dataclasses.asdict(self.cfg),
                 "refine": dataclasses.asdict(self.engine.refine),
+                "family": self.model.family, "iterations": self.engine.iterations,
                 "model": model_config_to_dict(self.model.config)}

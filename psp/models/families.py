@@ -65,14 +65,16 @@ class FamilyEncoding:
         """Encoder passes `encode` runs by default: `model.iterations` for ReStyle, else 1."""
         return self.config.iterations if self.is_iterative else 1
 
-    def _iterations(self, iterations: Optional[int]) -> int:
+    def resolve_iterations(self, iterations: Optional[int]) -> int:
+        """The passes `encode` runs for `iterations` (None: the default); ValueError when this family
+        cannot run them."""
         if iterations is None:
             return self.default_iterations
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ValueError(f"iterations must be a positive int, got {iterations!r}")
         if iterations != 1 and not self.is_iterative:
-            raise ValueError(f"iterations={iterations} needs a ReStyle model; a {self.family} model encodes "
-                             "in one pass")
+            raise ValueError(f"iterations={iterations} needs a ReStyle model; this {self.family} model "
+                             "encodes in one pass (drop it or use 1)")
         return iterations
 
     def average_image(self) -> torch.Tensor:
@@ -94,7 +96,7 @@ class FamilyEncoding:
     def encode_iterations(self, x: torch.Tensor, iterations: Optional[int] = None) -> list[torch.Tensor]:
         """The codes after each pass, [c_1, ..., c_k], each [B, n_styles, style_dim] (one entry for the
         single-pass families). `iterations` = k (default: `default_iterations`)."""
-        k = self._iterations(iterations)
+        k = self.resolve_iterations(iterations)
         if not self.is_iterative:
             codes = self.encoder(x)
             return [codes + self.w_avg if self.start_from_latent_avg else codes]

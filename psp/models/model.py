@@ -1,14 +1,18 @@
-"""PSP: the pSp inversion model (encoder + frozen StyleGAN2 generator + average latent).
+"""PSP: the inversion model (encoder + frozen StyleGAN2 generator + average latent), of any family.
 
     codes  = E(x) + w_avg                     x [B, 3, S, S] in [-1, 1] -> [B, n_styles, style_dim]
     images = G([codes], input_is_latent=True, randomize_noise=False), average-pooled to S x S
 
+(pSp and e4e; ReStyle iterates residual passes, psp.models.families.)
+
 Two file formats load through `PSP.from_checkpoint`:
-- official pSp files: {"state_dict": {"encoder.*", "decoder.*"}, "opts": {...}, "latent_avg": ...};
+- official pSp / e4e / ReStyle files: {"state_dict": {"encoder.*", "decoder.*"}, "opts": {...},
+  "latent_avg": ...} (psp.models.released);
 - our inference file (written by `PSP.save`):
-  {"format": "psp-toolkit/inference", "version": 1, "config": <model config dict>,
+  {"format": "psp-toolkit/inference", "version": 1, "config": <model config dict, with the family>,
    "encoder": <state dict, our names>, "w_avg": [n_styles, style_dim] or [style_dim],
-   "generator": <rosinality-named state dict> or None, "generator_ref": {"path", "sha256"} or None}.
+   "generator": <rosinality-named state dict> or None, "generator_ref": {"path", "sha256"} or None,
+   "progressive_stage": e4e stage or None (absent in older files: None, every row)}.
 """
 import dataclasses
 import os
@@ -28,7 +32,7 @@ from psp.config import (
     n_styles_for,
 )
 from psp.io.atomic import atomic_torch_save
-from psp.models.families import ENCODER_CLASSES, FamilyEncoding
+from psp.models.families import ENCODER_CLASSES, FamilyEncoding, is_iterative
 from psp.models.inference import InferenceModel
 from psp.models.generated import estimate_w_avg, resize_generated, scale_to_image_range
 from psp.models.official import from_official
@@ -49,7 +53,8 @@ def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_in
     config section: a GradualStyleEncoder or one of its e4e / ReStyle subclasses.
 
     With `load_init` and `enc_cfg.init` set, the backbone starts from the ArcFace IR-SE-50 weights
-    (as pSp does); its input layer stays random when input_nc != 3.
+    (as pSp does); for input_nc != 3 its input conv stays random (pSp) or, for ReStyle, takes the
+    RGB filters in its first 3 channels (`init_backbone_from_arcface`).
     """
     backbone = ResNet(
         block=enc_cfg.block, depth=enc_cfg.depth, layers=enc_cfg.layers, widths=enc_cfg.widths,
@@ -58,24 +63,32 @@ def build_encoder(enc_cfg: EncoderConfig, n_styles: int, style_dim: int, load_in
     )
     encoder = ENCODER_CLASSES[family](backbone, n_styles, style_dim, enc_cfg.input_size)
     if load_init and enc_cfg.init is not None:
-        init_backbone_from_arcface(backbone, enc_cfg.init)
+        init_backbone_from_arcface(backbone, enc_cfg.init, rgb_first=is_iterative(family))
     return encoder
 
 
-def init_backbone_from_arcface(backbone: ResNet, path: PathLike) -> None:
+def init_backbone_from_arcface(backbone: ResNet, path: PathLike, rgb_first: bool = False) -> None:
     """Copy `model_ir_se50.pth`'s input layer and body into `backbone` (pSp's encoder init).
 
-    The recogniser head (`output_layer`) is not part of the encoder; the input layer is skipped when
-    the backbone does not take 3 channels (pSp does the same for label maps).
+    The recogniser head (`output_layer`) is not part of the encoder. When the backbone does not take
+    3 channels the input layer is skipped (pSp does the same for label maps), unless `rgb_first`
+    (ReStyle's init: the whole input layer is copied, its conv drawn from N(0, 1) with the RGB
+    filters in the first 3 input channels).
     """
     state = safe_load(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected an ArcFace state dict, got {type(state).__name__}")
-    skip_input = backbone.stem.conv.in_channels != 3
-    ignore = ("output_layer.", "input_layer.") if skip_input else ("output_layer.",)
-    weights = from_official(state, backbone, source=f"model.encoder.init={path}", ignore=ignore)
+    in_chans = backbone.stem.conv.in_channels
+    skip = () if in_chans == 3 else ("input_layer.0.",) if rgb_first else ("input_layer.",)
+    weights = from_official(state, backbone, source=f"model.encoder.init={path}", ignore=("output_layer.", *skip))
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     assert not unexpected and all(k.startswith("stem.") for k in missing), (missing, unexpected)
+    if rgb_first and in_chans > 3:
+        rgb = state["input_layer.0.weight"]
+        with torch.no_grad():
+            conv = backbone.stem.conv.weight
+            conv.copy_(torch.randn_like(conv))
+            conv[:, :3] = rgb
 
 
 def _expand_w_avg(value: Any, n_styles: int, style_dim: int, source: str) -> torch.Tensor:
@@ -265,6 +278,11 @@ class PSP(FamilyEncoding, nn.Module):
             generator = _load_referenced_generator(ref, gen_cfg, source)
         else:
             raise CheckpointError(f"{source}: holds neither 'generator' weights nor a 'generator_ref'")
+        stage = ckpt.get("progressive_stage")
+        if stage is not None:
+            if not hasattr(encoder, "set_progressive_stage"):
+                raise CheckpointError(f"{source}: 'progressive_stage' is set but a {cfg.family} encoder has none")
+            encoder.set_progressive_stage(int(stage))
         return cls(cfg, encoder, generator, _expand_w_avg(ckpt["w_avg"], n_styles, gen_cfg.style_dim, source), ref)
 
     @classmethod
@@ -329,6 +347,7 @@ class PSP(FamilyEncoding, nn.Module):
             "w_avg": self.w_avg.detach().cpu().clone(),
             "generator": _cpu_state(self.generator) if embed_generator else None,
             "generator_ref": ref,
+            "progressive_stage": getattr(self.encoder, "progressive_stage", None),
         }
         atomic_torch_save(payload, path)
 

@@ -39,6 +39,9 @@ Facts each family's loader relies on:
   previous codes (the generator returns the codes it was given). Every decode uses the stored
   noise (randomize_noise=False). The inference default is 5 passes (n_iters_per_batch in
   options/test_options.py, which overrides the training value stored in the file's opts).
+- Training init (model.encoder.init): ReStyle copies all of model_ir_se50.pth's input layer, its
+  conv drawn from torch.randn with the RGB filters in input channels 0..2; pSp drops the input
+  layer for non-RGB inputs (label maps).
 - The original loads ReStyle encoders with strict=False; here every key must match (a missing key
   is an error, not a silently random layer).
 """
