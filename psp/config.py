@@ -130,6 +130,19 @@ class LossConfig:
     id: float = _f(0.1, "identity (ArcFace) loss weight")
     id_weights: Optional[str] = _f(None, "ArcFace IR-SE-50 file (model_ir_se50.pth)")
     w_norm: float = _f(0.0, "W-norm regulariser weight")
+    delta_norm: float = _f(0.0, "e4e delta regulariser weight: L2 of each unlocked row's delta from row 0, "
+                                "during progressive training (e4e recipe: 2e-4)")
+    w_discriminator: float = _f(0.0, "weight of the latent discriminator's adversarial loss on the codes "
+                                     "(e4e recipe: 0.1; 0 = no discriminator)")
+
+
+@dataclass
+class DiscriminatorConfig:
+    lr: float = _f(2e-5, "Adam learning rate of the latent discriminator (loss.w_discriminator > 0)")
+    r1: float = _f(10.0, "R1 penalty weight on real W codes")
+    reg_every: int = _f(16, "apply the R1 penalty every N steps (scaled by N, lazy regularisation)")
+    pool_size: int = _f(50, "codes kept in each of the real / fake pools the discriminator trains on (0 = no pool)")
+    layers: int = _f(4, "linear layers of the discriminator MLP (LeakyReLU 0.2 between them)")
 
 
 @dataclass
@@ -161,6 +174,10 @@ class TrainConfig:
     strategy: str = _f("auto", "distribution strategy", ("auto", "ddp", "ddp_spawn", "single_device"))
     precision: str = _f("32", "numeric precision", ("32", "bf16-mixed", "16-mixed"))
     seed: int = _f(0, "global seed")
+    progressive_start: Optional[int] = _f(None, "e4e families: step at which row 1's delta unlocks (then one "
+                                                "row every progressive_every steps); null = all rows from the start")
+    progressive_every: int = _f(2000, "e4e families: steps between two row unlocks")
+    iterations_per_batch: int = _f(5, "ReStyle families: encoder passes per training batch, a loss at each")
 
 
 @dataclass
@@ -233,6 +250,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
@@ -245,7 +263,7 @@ class Config:
 
 # The sections each command reads. Sections outside a command's list keep their defaults there.
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "train": ("model", "data", "loss", "lpips", "optim", "train", "ops", "log"),
+    "train": ("model", "data", "loss", "lpips", "discriminator", "optim", "train", "ops", "log"),
     "infer": ("infer", "refine", "tune", "lpips", "ops"),
     "render": ("infer", "ops"),
     "evaluate": ("infer", "refine", "tune", "lpips", "evaluate", "ops"),
@@ -584,7 +602,10 @@ def _non_negative(section: Any, prefix: str, *keys: str, hint: str = "") -> None
 
 
 def _check_train(t: TrainConfig) -> None:
-    _positive(t, "train", "max_steps", "batch_size", "test_batch_size", "val_every", "log_every", "num_nodes")
+    _positive(t, "train", "max_steps", "batch_size", "test_batch_size", "val_every", "log_every", "num_nodes",
+              "progressive_every", "iterations_per_batch")
+    _require(t.progressive_start is None or t.progressive_start >= 0, "train.progressive_start",
+             f"must be >= 0 or null, got {t.progressive_start}")
     _non_negative(t, "train", "val_batches")
     _require(_valid_devices(t.devices), "train.devices",
              f"is {t.devices!r}; use auto, a count such as 2, or a list such as 0,1")
@@ -602,7 +623,13 @@ def _check_optim(o: OptimConfig) -> None:
 
 
 def _check_loss(loss: LossConfig) -> None:
-    _non_negative(loss, "loss", "l2", "lpips", "id", "w_norm", hint=" (0 disables the loss)")
+    _non_negative(loss, "loss", "l2", "lpips", "id", "w_norm", "delta_norm", "w_discriminator",
+                  hint=" (0 disables the loss)")
+
+
+def _check_discriminator(d: DiscriminatorConfig) -> None:
+    _positive(d, "discriminator", "lr", "reg_every", "layers")
+    _non_negative(d, "discriminator", "r1", "pool_size")
 
 
 def _check_infer(i: InferConfig) -> None:
@@ -628,6 +655,7 @@ def _check_tune(t: TuneConfig) -> None:
 
 
 CHECKS = {"train": _check_train, "data": _check_data, "optim": _check_optim, "loss": _check_loss,
+          "discriminator": _check_discriminator,
           "infer": _check_infer, "refine": _check_refine, "tune": _check_tune, "evaluate": _check_evaluate}
 
 
@@ -637,6 +665,12 @@ def _check_training(config: Config) -> None:
         for key in ("train_dir", "test_dir"):
             _require(getattr(d, key) is not None, f"data.{key}",
                      "is required when data.kind=images; set it to a folder of images")
+    progressive = config.model.family in ("e4e", "restyle_e4e")
+    _require(config.train.progressive_start is None or progressive, "train.progressive_start",
+             f"is set but a {config.model.family} encoder has no progressive rows; set it to null or use "
+             "model.family=e4e / restyle_e4e")
+    _require(loss.delta_norm == 0 or config.train.progressive_start is not None, "loss.delta_norm",
+             "> 0 acts during progressive training only (as in e4e); set train.progressive_start or loss.delta_norm=0")
     _require(loss.id == 0 or loss.id_weights is not None, "loss.id_weights",
              "is null but loss.id > 0; set it to model_ir_se50.pth (psp fetch model_ir_se50.pth) "
              "or set loss.id=0")

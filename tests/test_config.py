@@ -107,7 +107,8 @@ def test_print_config_is_the_resolved_config(capsys, out):
     expected = to_dict(load_config(["demo"], [f"train.output_dir={out}", "train.max_steps=7"]))
     # only the sections training reads
     assert printed == {k: v for k, v in expected.items()
-                       if k in ("config_version", "model", "data", "loss", "lpips", "optim", "train", "ops", "log")}
+                       if k in ("config_version", "model", "data", "loss", "lpips", "discriminator", "optim", "train",
+                               "ops", "log")}
     assert printed["train"]["max_steps"] == 7
     assert not out.exists()
 

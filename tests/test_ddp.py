@@ -31,3 +31,26 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(list((out / "images").iterdir())) == 2
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_restyle_e4e_with_its_discriminator(tmp_path):
+    """The most demanding family: several backward passes per batch, a second optimiser, rows
+    unlocking (parameters without gradients), under DDP; the discriminator's steps do not count."""
+    from test_family_training import E4E_RECIPE, RESTYLE
+
+    out = tmp_path / "run"
+    extra = ["model.family=restyle_e4e", *RESTYLE, *E4E_RECIPE]
+    cfg = write_tiny_yaml(tmp_path / "tiny.yaml", out, max_steps=4, val_every=2, extra=extra)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(cfg),
+         "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "distributed_backend=gloo" in log
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all("l2_iter_2" in r and "discriminator_loss" in r for r in records)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and len(ckpt["optimizer_states"]) == 2

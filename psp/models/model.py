@@ -34,7 +34,7 @@ from psp.config import (
 from psp.io.atomic import atomic_torch_save
 from psp.models.families import ENCODER_CLASSES, FamilyEncoding, is_iterative
 from psp.models.inference import InferenceModel
-from psp.models.generated import estimate_w_avg, resize_generated
+from psp.models.generated import estimate_w_avg, resize_generated, scale_to_image_range
 from psp.models.official import from_official
 from psp.models.released import released_opts, released_spec
 from psp.models.nets.pyramid import GradualStyleEncoder
@@ -219,7 +219,8 @@ class PSP(FamilyEncoding, nn.Module):
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, device: Union[str, torch.device] = "cpu") -> "PSP":
         """A model for training: encoder (optionally ArcFace-initialised), generator from
-        `model.generator.checkpoint` (or seeded random), w_avg per `model.w_avg.source`."""
+        `model.generator.checkpoint` (or seeded random, its output scaled to photo statistics by
+        `scale_to_image_range`), w_avg per `model.w_avg.source`."""
         model_cfg, loaded = _with_nvidia_generator(model_cfg)
         gen_cfg = model_cfg.generator
         n_styles = model_cfg.n_styles or n_styles_for(gen_cfg.size)
@@ -233,6 +234,7 @@ class PSP(FamilyEncoding, nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(gen_cfg.seed)
                 generator = Generator(**_generator_kwargs(gen_cfg))
+            scale_to_image_range(generator, seed=gen_cfg.seed)  # photo statistics: pixels in [-1, 1]
         source = model_cfg.w_avg.source
         if source == "checkpoint" and latent_avg is None:
             raise ConfigError(f"config key 'model.w_avg.source' is 'checkpoint' but {gen_cfg.checkpoint} "

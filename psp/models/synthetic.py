@@ -14,8 +14,6 @@ from torch.utils.data import Dataset
 from psp.models.generated import device_of, resize_generated
 
 
-
-
 class SyntheticDataset(Dataset):
     """Images drawn from the generator itself, with the W+ codes that made them.
 
@@ -23,8 +21,10 @@ class SyntheticDataset(Dataset):
     ``latent`` (w repeated on all ``n_latent`` rows, truncated towards ``w_avg`` when
     ``truncation != 1``) and renders ``generator([latent], input_is_latent=True,
     randomize_noise=False)``, adaptive-average-pooled (``psp.models.generated.resize_generated``)
-    to ``size``. Returns ``{"source", "target"}`` (the same image [3, size, size], not clamped, so
-    ``G(latent)`` reproduces it exactly), ``"latent"`` [n_latent, style_dim] and ``"path"``.
+    to ``size``. Returns ``{"source", "target"}`` (the same image [3, size, size]), ``"latent"``
+    [n_latent, style_dim] and ``"path"``. ``clamp=False`` keeps the image as drawn, so ``G(latent)``
+    reproduces it exactly; ``clamp=True`` clamps it to [-1, 1], the range of every real image
+    (training and validation use that, so the encoder never sees pixels a photo cannot have).
 
     ``fixed=True`` (held-out sets): sample i always comes from ``torch.Generator`` seeded with
     ``seed + i``. ``fixed=False`` (training): fresh samples on every call, from a private stream
@@ -37,7 +37,7 @@ class SyntheticDataset(Dataset):
     """
 
     def __init__(self, generator: nn.Module, n: int, size: int, seed: int = 0, truncation: float = 1.0,
-                 w_avg: torch.Tensor | None = None, fixed: bool = False):
+                 w_avg: torch.Tensor | None = None, fixed: bool = False, clamp: bool = False):
         if n <= 0 or size <= 0:
             raise ValueError(f"SyntheticDataset needs n > 0 and size > 0, got n={n}, size={size}")
         if truncation <= 0:
@@ -45,7 +45,7 @@ class SyntheticDataset(Dataset):
         if truncation != 1.0 and w_avg is None:
             raise ValueError(f"truncation {truncation} needs w_avg (the centre to truncate towards)")
         self.generator, self.n, self.size, self.seed = generator, n, size, seed
-        self.truncation, self.fixed = truncation, fixed
+        self.truncation, self.fixed, self.clamp = truncation, fixed, clamp
         self.w_avg = None if w_avg is None else w_avg.detach()
         self.n_latent, self.style_dim = generator.n_latent, generator.style_dim
         self.rank = _global_rank()
@@ -76,6 +76,8 @@ class SyntheticDataset(Dataset):
             latent = w_avg + self.truncation * (latent - w_avg)
         image, _ = self.generator([latent], input_is_latent=True, randomize_noise=False)
         image = resize_generated(image, self.size)[0].float().cpu()
+        if self.clamp:
+            image = image.clamp(-1.0, 1.0)
         return {"source": image, "target": image, "latent": latent[0].float().cpu(),
                 "path": f"synthetic/{index:06d}"}
 

@@ -63,8 +63,9 @@ class MetricsJournal(L.Callback):
 
 
 class ImageGrid(L.Callback):
-    """After each validation: a grid of ``source | target | output`` rows (the system's ``preview``)
-    saved as ``images/step_XXXXXX.png`` and sent to the TensorBoard or wandb logger if active."""
+    """After each validation: a grid of ``source | target | output`` rows (the system's ``preview``;
+    ReStyle rows hold the output of every pass) saved as ``images/step_XXXXXX.png`` and sent to the
+    TensorBoard or wandb logger if active."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -72,8 +73,9 @@ class ImageGrid(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not pl_module.preview:
             return
-        # [rows*3, 3, H, W] in [-1, 1] -> one [3, H', W'] image in [0, 1], three columns.
-        grid = make_grid(torch.cat(pl_module.preview), nrow=3, padding=2, normalize=True, value_range=(-1, 1))
+        # [rows*k, 3, H, W] in [-1, 1] -> one [3, H', W'] image in [0, 1], k columns.
+        columns = len(pl_module.preview[0])
+        grid = make_grid(torch.cat(pl_module.preview), nrow=columns, padding=2, normalize=True, value_range=(-1, 1))
         self.directory.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.directory / f"step_{trainer.global_step:06d}.png")
         for logger in trainer.loggers:

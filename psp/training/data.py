@@ -146,7 +146,8 @@ class PSPDataModule(L.LightningDataModule):
     Images: ``data.train_dir`` (+ ``train_target_dir``) with ``data.flip``, validated on
     ``data.test_dir`` (+ ``test_target_dir``), both resized to ``input_size``. Synthetic: a fresh
     sample stream of ``data.n_train`` per epoch and a fixed held-out set of ``data.n_test``
-    (seed ``data.seed``), drawn from ``generator``; its loaders use no worker processes
+    (seed ``data.seed``), drawn from ``generator`` and clamped to [-1, 1] as photos are; its
+    loaders use no worker processes
     (``data.num_workers`` applies to image folders only). ``w_avg`` ([style_dim] or
     [n_styles, style_dim]) is the truncation centre; it is estimated from the generator when
     ``data.truncation != 1`` and none is given.
@@ -176,7 +177,7 @@ class PSPDataModule(L.LightningDataModule):
         w_avg = self.w_avg
         if d.truncation != 1.0 and w_avg is None:
             w_avg = estimate_w_avg(self.generator, W_AVG_SAMPLES, seed=d.seed)
-        common = dict(size=self.input_size, seed=d.seed, truncation=d.truncation, w_avg=w_avg)
+        common = dict(size=self.input_size, seed=d.seed, truncation=d.truncation, w_avg=w_avg, clamp=True)
         self.train_set = SyntheticDataset(self.generator, d.n_train, fixed=False, **common)
         self.val_set = SyntheticDataset(self.generator, d.n_test, fixed=True, **common)
 

@@ -28,7 +28,7 @@ from psp.training.callbacks import ImageGrid, InferenceExport, MetricsJournal, R
 from psp.errors import InputError
 from psp.config import Config, check_paths, parse_devices, to_yaml
 from psp.training.data import PSPDataModule
-from psp.training.system import PSPSystem
+from psp.training.system import PSPSystem, needs_unused_parameter_search, uses_manual_optimization
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -129,9 +129,14 @@ def build_callbacks(config: Config, logger: Logger | bool) -> list[L.Callback]:
 
 def build_trainer(config: Config, resuming: bool = False) -> L.Trainer:
     """The Trainer for ``config``: step-based (``max_steps``, validation every ``val_every`` steps
-    across epoch boundaries), devices/strategy/precision from ``train``, clipping from ``optim``."""
+    across epoch boundaries), devices/strategy/precision from ``train``, clipping from ``optim``
+    (done by the system itself under manual optimisation)."""
     t = config.train
     logger = build_logger(config, resuming)
+    strategy = t.strategy
+    if strategy in ("ddp", "ddp_spawn") and needs_unused_parameter_search(config):
+        strategy = f"{strategy}_find_unused_parameters_true"
+    manual = uses_manual_optimization(config)
     return L.Trainer(
         default_root_dir=str(Path(t.output_dir) / CHECKPOINT_DIR),  # where SLURM requeue saves hpc_ckpt_N
         max_steps=t.max_steps,
@@ -144,9 +149,9 @@ def build_trainer(config: Config, resuming: bool = False) -> L.Trainer:
         accelerator=t.accelerator,
         devices=parse_devices(t.devices),
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy,
         precision=t.precision,
-        gradient_clip_val=config.optim.grad_clip or None,
+        gradient_clip_val=None if manual else config.optim.grad_clip or None,
         logger=logger,
         callbacks=build_callbacks(config, logger),
     )
