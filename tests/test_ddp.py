@@ -11,16 +11,22 @@ from test_resume import ENV, ROOT
 from test_system import write_tiny_yaml
 
 
+def _train_two_processes(cfg, cwd) -> str:
+    """Run train.py with ``cfg`` as two DDP processes on the CPU; their log (the run must succeed)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(cfg),
+         "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp"],
+        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    return log
+
+
 @pytest.mark.ddp
 def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "run"
     cfg = write_tiny_yaml(tmp_path / "tiny.yaml", out, max_steps=4, val_every=2)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--config", str(cfg),
-         "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log
+    log = _train_two_processes(cfg, tmp_path)
     assert "distributed_backend=gloo" in log and "All distributed processes registered" in log
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -42,12 +48,7 @@ def test_two_process_ddp_restyle_e4e_with_its_discriminator(tmp_path):
     out = tmp_path / "run"
     extra = ["model.family=restyle_e4e", *RESTYLE, *E4E_RECIPE]
     cfg = write_tiny_yaml(tmp_path / "tiny.yaml", out, max_steps=4, val_every=2, extra=extra)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--config", str(cfg),
-         "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log
+    log = _train_two_processes(cfg, tmp_path)
     assert "distributed_backend=gloo" in log
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
